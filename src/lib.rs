@@ -1,0 +1,12 @@
+//! pgcorral: a PostgreSQL connection pooler built on a forking supervisor,
+//! a shared table of server-connection slots, and pluggable pipelines.
+
+pub mod config;
+pub mod logging;
+pub mod management;
+pub mod pipeline;
+pub mod protocol;
+pub mod segment;
+pub mod slot;
+pub mod supervisor;
+pub mod worker;
