@@ -5,6 +5,7 @@ pub mod config;
 pub mod logging;
 pub mod management;
 pub mod pipeline;
+pub mod pool;
 pub mod protocol;
 pub mod segment;
 pub mod slot;

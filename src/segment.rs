@@ -1,1 +1,397 @@
-// placeholder
+//! The shared segment: one `MAP_SHARED` mapping of a memfd, created by the
+//! supervisor before its first fork and so inherited by every worker.
+//!
+//! Layout (offsets in bytes; no pointers inside, only indices):
+//! `0` header · `HEADER_SIZE` limit records · `SLOTS_OFFSET` slots.
+//! The memfd (rather than anonymous memory) lets another process map the same
+//! pages: a test or a status tool through `/proc/PID/fd`, and later a new
+//! supervisor taking over at upgrade.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+use std::time::Duration;
+
+use memmap2::MmapRaw;
+
+use crate::slot::Slot;
+
+pub const MAGIC: [u8; 8] = *b"PGCORRAL";
+/// Bumped whenever the layout changes, so that an incompatible process
+/// refuses to attach instead of misreading the slots.
+pub const VERSION: u32 = 1;
+/// The memfd's name; `/proc/PID/fd` shows it as `/memfd:pgcorral (deleted)`.
+pub const MEMFD_NAME: &str = "pgcorral";
+pub const MAX_SLOTS: usize = 10_000;
+pub const MAX_LIMITS: usize = 64;
+
+const HEADER_SIZE: usize = 256;
+const LIMIT_SIZE: usize = std::mem::size_of::<LimitRecord>();
+const SLOTS_OFFSET: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SegmentError {
+    #[error("cannot create the shared segment: {0}")]
+    Create(#[source] io::Error),
+    #[error("cannot map the shared segment: {0}")]
+    Map(#[source] io::Error),
+    #[error("slot count {0} is outside 1..={MAX_SLOTS}")]
+    SlotCount(usize),
+    #[error("no pgcorral shared segment found in {0}")]
+    NotFound(PathBuf),
+    #[error("cannot open {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the shared segment is not pgcorral's, or of an incompatible version")]
+    Incompatible,
+}
+
+#[repr(C)]
+struct Header {
+    magic: [u8; 8],
+    version: u32,
+    slot_count: u32,
+    slot_size: u32,
+    limit_count: u32,
+    supervisor_pid: AtomicI32,
+    /// Bumped whenever a slot becomes available; waiting workers sleep on it
+    /// with a futex instead of polling.
+    wake_seq: AtomicU32,
+    /// How many workers sleep on `wake_seq`, so releasing a slot costs a
+    /// futex syscall only when somebody waits.
+    waiters: AtomicU32,
+    shutting_down: AtomicU32,
+}
+
+/// Live count of server connections charged to one `[[limit]]` rule.
+#[repr(C)]
+pub struct LimitRecord {
+    active: AtomicU32,
+    max_size: AtomicU32,
+}
+
+impl LimitRecord {
+    /// Counts one more connection if the rule allows it.
+    pub fn try_reserve(&self) -> bool {
+        let max = self.max_size.load(Ordering::Acquire);
+        self.active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| {
+                (a < max).then_some(a + 1)
+            })
+            .is_ok()
+    }
+
+    pub fn release(&self) {
+        let _ = self
+            .active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| a.checked_sub(1));
+    }
+
+    pub fn active(&self) -> u32 {
+        self.active.load(Ordering::Acquire)
+    }
+
+    pub fn max_size(&self) -> u32 {
+        self.max_size.load(Ordering::Acquire)
+    }
+}
+
+pub struct Segment {
+    map: MmapRaw,
+    file: File,
+    slot_count: usize,
+}
+
+// The header must fit in front of the limit records, and those in front of
+// the slots.
+const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_SIZE);
+const _: () = assert!(HEADER_SIZE + MAX_LIMITS * LIMIT_SIZE <= SLOTS_OFFSET);
+
+impl Segment {
+    /// Creates a zeroed segment: every slot NOTINIT, every limit at 0.
+    pub fn create(slot_count: usize, limit_sizes: &[u32]) -> Result<Self, SegmentError> {
+        if slot_count == 0 || slot_count > MAX_SLOTS {
+            return Err(SegmentError::SlotCount(slot_count));
+        }
+        let size = SLOTS_OFFSET + slot_count * std::mem::size_of::<Slot>();
+        // SAFETY: memfd_create with a NUL-terminated name and valid flags;
+        // the returned descriptor is checked and then owned by `File`.
+        let fd = unsafe { libc::memfd_create(c"pgcorral".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(SegmentError::Create(io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+        let file = unsafe { File::from_raw_fd(fd) };
+        file.set_len(size as u64).map_err(SegmentError::Create)?;
+        let map = MmapRaw::map_raw(&file).map_err(SegmentError::Map)?;
+        let seg = Segment {
+            map,
+            file,
+            slot_count,
+        };
+        // SAFETY: the mapping is at least SLOTS_OFFSET bytes, page aligned,
+        // and not yet shared with any other process.
+        let header = unsafe { &mut *(seg.map.as_mut_ptr() as *mut Header) };
+        header.magic = MAGIC;
+        header.version = VERSION;
+        header.slot_count = slot_count as u32;
+        header.slot_size = std::mem::size_of::<Slot>() as u32;
+        header.limit_count = MAX_LIMITS as u32;
+        header
+            .supervisor_pid
+            .store(std::process::id() as i32, Ordering::Release);
+        for (rec, max) in seg.limits().iter().zip(limit_sizes) {
+            rec.max_size.store(*max, Ordering::Release);
+        }
+        Ok(seg)
+    }
+
+    /// Maps the segment of a running pgcorral, found among its open
+    /// descriptors. Needs the same user as the daemon (or root).
+    pub fn attach_pid(pid: i32) -> Result<Self, SegmentError> {
+        let dir = PathBuf::from(format!("/proc/{pid}/fd"));
+        let entries = std::fs::read_dir(&dir).map_err(|source| SegmentError::Open {
+            path: dir.clone(),
+            source,
+        })?;
+        let wanted = format!("/memfd:{MEMFD_NAME}");
+        for entry in entries.flatten() {
+            let Ok(target) = std::fs::read_link(entry.path()) else {
+                continue;
+            };
+            if target.to_string_lossy().starts_with(&wanted) {
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(entry.path())
+                    .map_err(|source| SegmentError::Open {
+                        path: entry.path(),
+                        source,
+                    })?;
+                return Self::attach_file(file);
+            }
+        }
+        Err(SegmentError::NotFound(dir))
+    }
+
+    /// Maps an existing segment after checking its header.
+    pub fn attach_file(file: File) -> Result<Self, SegmentError> {
+        let len = file.metadata().map_err(SegmentError::Map)?.len() as usize;
+        if len < SLOTS_OFFSET {
+            return Err(SegmentError::Incompatible);
+        }
+        let map = MmapRaw::map_raw(&file).map_err(SegmentError::Map)?;
+        // SAFETY: the mapping is at least SLOTS_OFFSET bytes (checked above),
+        // so the header is in bounds; its plain fields are only read.
+        let header = unsafe { &*(map.as_ptr() as *const Header) };
+        let slot_count = header.slot_count as usize;
+        if header.magic != MAGIC
+            || header.version != VERSION
+            || header.slot_size as usize != std::mem::size_of::<Slot>()
+            || slot_count > MAX_SLOTS
+            || len < SLOTS_OFFSET + slot_count * std::mem::size_of::<Slot>()
+        {
+            return Err(SegmentError::Incompatible);
+        }
+        Ok(Segment {
+            map,
+            file,
+            slot_count,
+        })
+    }
+
+    fn header(&self) -> &Header {
+        // SAFETY: the mapping starts with a Header (written by `create`,
+        // checked by `attach_file`) and lives as long as `self`.
+        unsafe { &*(self.map.as_ptr() as *const Header) }
+    }
+
+    pub fn slots(&self) -> &[Slot] {
+        // SAFETY: `slot_count` slots fit after SLOTS_OFFSET (sized at create,
+        // checked at attach); SLOTS_OFFSET is a multiple of Slot's alignment;
+        // all-zero bytes are a valid Slot; shared access goes through atomics
+        // or the owner discipline documented in `slot`.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.map.as_ptr().add(SLOTS_OFFSET) as *const Slot,
+                self.slot_count,
+            )
+        }
+    }
+
+    pub fn limits(&self) -> &[LimitRecord] {
+        // SAFETY: MAX_LIMITS records fit between the header and the slots
+        // (checked at compile time above) and are only touched atomically.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.map.as_ptr().add(HEADER_SIZE) as *const LimitRecord,
+                MAX_LIMITS,
+            )
+        }
+    }
+
+    pub fn limit(&self, index: Option<usize>) -> Option<&LimitRecord> {
+        index.and_then(|i| self.limits().get(i))
+    }
+
+    pub fn supervisor_pid(&self) -> i32 {
+        self.header().supervisor_pid.load(Ordering::Acquire)
+    }
+
+    pub fn set_shutting_down(&self) {
+        self.header().shutting_down.store(1, Ordering::Release);
+        self.notify();
+    }
+
+    pub fn shutting_down(&self) -> bool {
+        self.header().shutting_down.load(Ordering::Acquire) != 0
+    }
+
+    /// Read before scanning the slots; pass to `wait_for_change` so that a
+    /// release between the scan and the wait is not missed.
+    pub fn wake_seq(&self) -> u32 {
+        self.header().wake_seq.load(Ordering::Acquire)
+    }
+
+    /// Tells waiting workers that a slot may have become available.
+    pub fn notify(&self) {
+        let h = self.header();
+        h.wake_seq.fetch_add(1, Ordering::AcqRel);
+        if h.waiters.load(Ordering::Acquire) > 0 {
+            futex_wake(&h.wake_seq);
+        }
+    }
+
+    /// Sleeps until `notify` is called after `seen` was read, or `timeout`.
+    pub fn wait_for_change(&self, seen: u32, timeout: Duration) {
+        let h = self.header();
+        h.waiters.fetch_add(1, Ordering::AcqRel);
+        if h.wake_seq.load(Ordering::Acquire) == seen {
+            futex_wait(&h.wake_seq, seen, timeout);
+        }
+        h.waiters.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    pub fn memfd(&self) -> &File {
+        &self.file
+    }
+
+    pub fn raw_fd(&self) -> i32 {
+        self.file.as_raw_fd()
+    }
+}
+
+fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: the futex word is a live, aligned u32 inside a MAP_SHARED
+    // mapping (hence the non-private FUTEX_WAIT, which works across
+    // processes); the timespec outlives the call. A spurious or interrupted
+    // return is fine: callers re-scan.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            &ts as *const libc::timespec,
+            std::ptr::null::<u32>(),
+            0u32,
+        );
+    }
+}
+
+fn futex_wake(word: &AtomicU32) {
+    // SAFETY: as in `futex_wait`; FUTEX_WAKE only reads the address.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE,
+            i32::MAX,
+            std::ptr::null::<libc::timespec>(),
+            std::ptr::null::<u32>(),
+            0u32,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::slot::SlotState;
+
+    #[test]
+    fn create_zeroes_slots_and_sets_limits() {
+        let seg = Segment::create(8, &[3, 1]).unwrap();
+        assert_eq!(seg.slots().len(), 8);
+        assert!(seg.slots().iter().all(|s| s.state() == SlotState::NotInit));
+        assert_eq!(seg.limits()[0].max_size(), 3);
+        assert!(seg.limits()[1].try_reserve());
+        assert!(!seg.limits()[1].try_reserve(), "max_size 1 exceeded");
+        seg.limits()[1].release();
+        seg.limits()[1].release();
+        assert_eq!(seg.limits()[1].active(), 0, "release never underflows");
+    }
+
+    #[test]
+    fn rejects_bad_slot_counts() {
+        assert!(matches!(
+            Segment::create(0, &[]),
+            Err(SegmentError::SlotCount(0))
+        ));
+        assert!(Segment::create(MAX_SLOTS + 1, &[]).is_err());
+    }
+
+    #[test]
+    fn a_second_mapping_sees_the_same_slots() {
+        let seg = Segment::create(4, &[]).unwrap();
+        let again = Segment::attach_file(seg.memfd().try_clone().unwrap()).unwrap();
+        assert!(seg.slots()[2].try_reserve(77));
+        assert_eq!(again.slots()[2].snapshot(), (SlotState::Init, 77));
+    }
+
+    #[test]
+    fn attach_pid_finds_our_own_segment() {
+        let seg = Segment::create(3, &[]).unwrap();
+        assert!(seg.slots()[1].try_reserve(5));
+        let found = Segment::attach_pid(std::process::id() as i32).unwrap();
+        // Another test may have a segment open too: accept any valid one, but
+        // it must be a real pgcorral segment.
+        assert!(!found.slots().is_empty());
+    }
+
+    #[test]
+    fn rejects_a_foreign_file() {
+        let f = tempfile::tempfile().unwrap();
+        f.set_len(8192).unwrap();
+        assert!(matches!(
+            Segment::attach_file(f),
+            Err(SegmentError::Incompatible)
+        ));
+    }
+
+    #[test]
+    fn wait_returns_on_timeout_and_on_stale_sequence() {
+        let seg = Segment::create(1, &[]).unwrap();
+        let seen = seg.wake_seq();
+        seg.notify();
+        let t = std::time::Instant::now();
+        seg.wait_for_change(seen, Duration::from_secs(5));
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "stale sequence waited"
+        );
+        let seen = seg.wake_seq();
+        let t = std::time::Instant::now();
+        seg.wait_for_change(seen, Duration::from_millis(50));
+        assert!(t.elapsed() >= Duration::from_millis(40));
+    }
+}

@@ -1,1 +1,515 @@
-// placeholder
+//! One server connection in the shared segment.
+//!
+//! A slot's state and its owner's pid live together in one 64-bit atomic
+//! word, so that taking a slot and recording who took it is a single
+//! compare-and-swap: there is no instant at which a slot is taken but has no
+//! owner, which is what lets the supervisor reclaim the slots of a worker that
+//! died at any point.
+//!
+//! The other fields are written only by the process that owns the slot, and
+//! read by others only after they won it in turn; the swap's acquire/release
+//! ordering publishes them.
+
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
+
+/// PostgreSQL's NAMEDATALEN: database and role names are at most 63 bytes.
+pub const NAME_CAPACITY: usize = 64;
+/// Room for the server's ParameterStatus and BackendKeyData messages, which
+/// are replayed to every client that is given this connection.
+pub const STARTUP_CAPACITY: usize = 4096;
+
+/// Owner pid recorded for slots nobody holds.
+pub const NO_OWNER: i32 = 0;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum SlotState {
+    /// No server connection.
+    NotInit = 0,
+    /// A worker is creating the server connection.
+    Init = 1,
+    /// Pooled and idle; any worker with the same database and user may take it.
+    Free = 2,
+    /// A worker is using it.
+    InUse = 3,
+    /// To be closed when its current user returns it.
+    Gracefully = 4,
+    /// To be closed now.
+    Flush = 5,
+    /// The supervisor is checking whether it sat idle too long.
+    IdleCheck = 6,
+    /// The supervisor is checking its age.
+    MaxConnectionAge = 7,
+    /// The supervisor is testing it.
+    Validation = 8,
+    /// Its connection is to be closed by the supervisor, which then frees the slot.
+    Remove = 9,
+}
+
+impl SlotState {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        use SlotState::*;
+        Some(match v {
+            0 => NotInit,
+            1 => Init,
+            2 => Free,
+            3 => InUse,
+            4 => Gracefully,
+            5 => Flush,
+            6 => IdleCheck,
+            7 => MaxConnectionAge,
+            8 => Validation,
+            9 => Remove,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        use SlotState::*;
+        match self {
+            NotInit => "NOTINIT",
+            Init => "INIT",
+            Free => "FREE",
+            InUse => "IN_USE",
+            Gracefully => "GRACEFULLY",
+            Flush => "FLUSH",
+            IdleCheck => "IDLE_CHECK",
+            MaxConnectionAge => "MAX_CONNECTION_AGE",
+            Validation => "VALIDATION",
+            Remove => "REMOVE",
+        }
+    }
+}
+
+fn pack(state: SlotState, owner: i32) -> u64 {
+    ((state as u32 as u64) << 32) | (owner as u32 as u64)
+}
+
+fn unpack(word: u64) -> (Option<SlotState>, i32) {
+    (SlotState::from_u32((word >> 32) as u32), word as u32 as i32)
+}
+
+/// The database and user a slot's connection belongs to.
+#[repr(C)]
+struct Identity {
+    database_len: u8,
+    user_len: u8,
+    database: [u8; NAME_CAPACITY],
+    user: [u8; NAME_CAPACITY],
+}
+
+#[repr(C)]
+struct StartupBlob {
+    len: u32,
+    bytes: [u8; STARTUP_CAPACITY],
+}
+
+#[repr(C)]
+pub struct Slot {
+    word: AtomicU64,
+    /// Changes whenever the slot gets a new socket, so that a process holding
+    /// a copy of an older socket can tell it is stale.
+    generation: AtomicU64,
+    /// Hash of (database, user): lets a worker scan for a match without
+    /// reading names it does not own.
+    key: AtomicU64,
+    /// Index of the `[[limit]]` rule this connection counts against, or -1.
+    limit: AtomicI32,
+    server: AtomicU32,
+    backend_pid: AtomicI32,
+    backend_key: AtomicI32,
+    created_ms: AtomicU64,
+    last_used_ms: AtomicU64,
+    identity: UnsafeCell<Identity>,
+    startup: UnsafeCell<StartupBlob>,
+}
+
+// SAFETY: every shared field is atomic; the two UnsafeCell fields are written
+// only by the slot's owner (the winner of the compare-and-swap that made it
+// owner) and read only by a later owner, ordered by the swap's
+// acquire/release semantics.
+unsafe impl Sync for Slot {}
+
+/// Why a transition did not happen: the state the slot was actually in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lost {
+    pub state: Option<SlotState>,
+    pub owner: i32,
+}
+
+impl Slot {
+    pub fn state(&self) -> SlotState {
+        unpack(self.word.load(Ordering::Acquire))
+            .0
+            .unwrap_or(SlotState::Remove)
+    }
+
+    pub fn owner_pid(&self) -> i32 {
+        unpack(self.word.load(Ordering::Acquire)).1
+    }
+
+    /// State and owner read together, as one atomic load.
+    pub fn snapshot(&self) -> (SlotState, i32) {
+        let (state, owner) = unpack(self.word.load(Ordering::Acquire));
+        (state.unwrap_or(SlotState::Remove), owner)
+    }
+
+    /// Moves the slot from `(from, from_owner)` to `(to, to_owner)` in one
+    /// compare-and-swap. This is the only way a slot changes state.
+    pub fn transition(
+        &self,
+        from: SlotState,
+        from_owner: i32,
+        to: SlotState,
+        to_owner: i32,
+    ) -> Result<(), Lost> {
+        self.word
+            .compare_exchange(
+                pack(from, from_owner),
+                pack(to, to_owner),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .map(|_| ())
+            .map_err(|actual| {
+                let (state, owner) = unpack(actual);
+                Lost { state, owner }
+            })
+    }
+
+    /// Takes an idle pooled connection for `me`.
+    pub fn try_take_free(&self, me: i32) -> bool {
+        self.transition(SlotState::Free, NO_OWNER, SlotState::InUse, me)
+            .is_ok()
+    }
+
+    /// Claims an empty slot for `me` to create a connection in.
+    pub fn try_reserve(&self, me: i32) -> bool {
+        self.transition(SlotState::NotInit, NO_OWNER, SlotState::Init, me)
+            .is_ok()
+    }
+
+    /// Claims an idle connection of another database or user, to replace it
+    /// with a new connection for `me` when no empty slot is left.
+    pub fn try_evict(&self, me: i32) -> bool {
+        self.transition(SlotState::Free, NO_OWNER, SlotState::Init, me)
+            .is_ok()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Called by the owner after it connected a new socket for this slot.
+    pub fn bump_generation(&self) -> u64 {
+        self.generation.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    pub fn key(&self) -> u64 {
+        self.key.load(Ordering::Acquire)
+    }
+
+    pub fn limit_index(&self) -> Option<usize> {
+        usize::try_from(self.limit.load(Ordering::Acquire)).ok()
+    }
+
+    pub fn server(&self) -> u32 {
+        self.server.load(Ordering::Acquire)
+    }
+
+    pub fn backend_pid(&self) -> i32 {
+        self.backend_pid.load(Ordering::Acquire)
+    }
+
+    pub fn backend_key(&self) -> i32 {
+        self.backend_key.load(Ordering::Acquire)
+    }
+
+    pub fn set_backend(&self, pid: i32, key: i32) {
+        self.backend_pid.store(pid, Ordering::Release);
+        self.backend_key.store(key, Ordering::Release);
+    }
+
+    pub fn created_ms(&self) -> u64 {
+        self.created_ms.load(Ordering::Acquire)
+    }
+
+    pub fn last_used_ms(&self) -> u64 {
+        self.last_used_ms.load(Ordering::Acquire)
+    }
+
+    pub fn touch(&self, now_ms: u64) {
+        self.last_used_ms.store(now_ms, Ordering::Release);
+    }
+
+    /// Records what the new connection is for. Only the slot's owner may call
+    /// this, while the slot is INIT.
+    pub fn set_identity(
+        &self,
+        database: &str,
+        user: &str,
+        limit: Option<usize>,
+        server: u32,
+        now_ms: u64,
+    ) {
+        let db = truncate_name(database);
+        let us = truncate_name(user);
+        // SAFETY: the caller owns the slot (it won the swap to INIT), so no
+        // other process reads or writes the identity until the owner
+        // publishes it with a later release swap.
+        let id = unsafe { &mut *self.identity.get() };
+        id.database[..db.len()].copy_from_slice(db);
+        id.database_len = db.len() as u8;
+        id.user[..us.len()].copy_from_slice(us);
+        id.user_len = us.len() as u8;
+        self.key
+            .store(identity_key(database, user), Ordering::Release);
+        self.limit.store(
+            limit.and_then(|l| i32::try_from(l).ok()).unwrap_or(-1),
+            Ordering::Release,
+        );
+        self.server.store(server, Ordering::Release);
+        self.created_ms.store(now_ms, Ordering::Release);
+        self.last_used_ms.store(now_ms, Ordering::Release);
+    }
+
+    /// Whether the slot's connection is for this database and user. Only
+    /// meaningful to the slot's owner (or to a reader that tolerates a stale
+    /// answer, such as a status display).
+    pub fn matches(&self, database: &str, user: &str) -> bool {
+        let (db, us) = self.identity();
+        db == truncate_name(database) && us == truncate_name(user)
+    }
+
+    /// Database and user bytes. The owner reads them exactly; other readers
+    /// (status displays) may see a value that is being replaced.
+    pub fn identity(&self) -> (&[u8], &[u8]) {
+        // SAFETY: the identity is plain bytes with lengths bounded by
+        // NAME_CAPACITY (clamped below), so even a read racing the owner's
+        // write yields in-bounds bytes; owners read it only after the swap
+        // that made them owner, which orders it after the last write.
+        let id = unsafe { &*self.identity.get() };
+        let dl = (id.database_len as usize).min(NAME_CAPACITY);
+        let ul = (id.user_len as usize).min(NAME_CAPACITY);
+        (&id.database[..dl], &id.user[..ul])
+    }
+
+    /// Stores the server's start-up messages for replay. Owner only.
+    /// Returns false when they do not fit.
+    pub fn set_startup(&self, bytes: &[u8]) -> bool {
+        if bytes.len() > STARTUP_CAPACITY {
+            return false;
+        }
+        // SAFETY: only the owner writes the blob (see `set_identity`).
+        let blob = unsafe { &mut *self.startup.get() };
+        blob.bytes[..bytes.len()].copy_from_slice(bytes);
+        blob.len = bytes.len() as u32;
+        true
+    }
+
+    /// The server's start-up messages. Owner only.
+    pub fn startup(&self) -> &[u8] {
+        // SAFETY: read by the owner after the acquire swap that made it owner;
+        // the length is clamped so a corrupt value cannot read out of bounds.
+        let blob = unsafe { &*self.startup.get() };
+        &blob.bytes[..(blob.len as usize).min(STARTUP_CAPACITY)]
+    }
+}
+
+fn truncate_name(name: &str) -> &[u8] {
+    let b = name.as_bytes();
+    &b[..b.len().min(NAME_CAPACITY - 1)]
+}
+
+/// FNV-1a over database, a separator and user; never 0, so that 0 can mean
+/// "no identity".
+pub fn identity_key(database: &str, user: &str) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in truncate_name(database)
+        .iter()
+        .chain(std::iter::once(&0u8))
+        .chain(truncate_name(user))
+    {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fresh() -> Box<Slot> {
+        // SAFETY: Slot is plain old data (atomics and byte arrays) for which
+        // all-zero bytes are a valid value: NOTINIT, no owner, empty names.
+        unsafe { Box::new(std::mem::zeroed()) }
+    }
+
+    #[test]
+    fn zeroed_slot_is_notinit_without_owner() {
+        let s = fresh();
+        assert_eq!(s.snapshot(), (SlotState::NotInit, NO_OWNER));
+    }
+
+    #[test]
+    fn lifecycle_moves_only_from_the_expected_state() {
+        let s = fresh();
+        assert!(!s.try_take_free(10), "an empty slot is not FREE");
+        assert!(s.try_reserve(10));
+        assert!(!s.try_reserve(11), "reserved twice");
+        assert_eq!(s.snapshot(), (SlotState::Init, 10));
+        s.set_identity("db", "alice", Some(2), 0, 5);
+        assert!(s.matches("db", "alice"));
+        assert!(!s.matches("db", "bob"));
+        assert_eq!(s.limit_index(), Some(2));
+        // Only the owner's pid completes the move.
+        assert!(s
+            .transition(SlotState::Init, 11, SlotState::InUse, 11)
+            .is_err());
+        s.transition(SlotState::Init, 10, SlotState::InUse, 10)
+            .unwrap();
+        s.transition(SlotState::InUse, 10, SlotState::Free, NO_OWNER)
+            .unwrap();
+        assert!(s.try_take_free(12));
+        let lost = s
+            .transition(SlotState::Free, NO_OWNER, SlotState::InUse, 13)
+            .unwrap_err();
+        assert_eq!(lost.state, Some(SlotState::InUse));
+        assert_eq!(lost.owner, 12);
+    }
+
+    #[test]
+    fn names_are_bounded_and_keys_differ() {
+        let s = fresh();
+        assert!(s.try_reserve(1));
+        let long = "x".repeat(200);
+        s.set_identity(&long, "u", None, 0, 0);
+        assert_eq!(s.identity().0.len(), NAME_CAPACITY - 1);
+        assert!(s.matches(&long, "u"));
+        assert_eq!(s.limit_index(), None);
+        assert_ne!(identity_key("ab", "c"), identity_key("a", "bc"));
+    }
+
+    #[test]
+    fn startup_blob_round_trips_and_rejects_oversize() {
+        let s = fresh();
+        assert!(s.set_startup(b"hello"));
+        assert_eq!(s.startup(), b"hello");
+        assert!(!s.set_startup(&vec![0u8; STARTUP_CAPACITY + 1]));
+        assert_eq!(s.startup(), b"hello");
+    }
+
+    /// Forked processes hammer four slots through the pool's take/release
+    /// paths; a counter per slot in a second shared mapping checks that no
+    /// two processes ever hold the same slot at once.
+    #[test]
+    fn forked_processes_never_own_a_slot_twice() {
+        use crate::pool::{self, Acquired, Want};
+        use crate::segment::Segment;
+        use std::sync::atomic::{AtomicU32, Ordering};
+
+        const SLOTS: usize = 4;
+        const PROCS: usize = 6;
+        const ROUNDS: usize = 3000;
+        let seg = Segment::create(SLOTS, &[SLOTS as u32]).unwrap();
+        // holders[0..SLOTS]: live holders per slot; holders[SLOTS]: violations;
+        // holders[SLOTS + 1]: successful acquisitions.
+        let len = std::mem::size_of::<AtomicU32>() * (SLOTS + 2);
+        // SAFETY: a fresh anonymous shared mapping of `len` bytes, zeroed by
+        // the kernel; unmapped at the end of the test.
+        let mem = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(mem, libc::MAP_FAILED);
+        // SAFETY: the mapping holds SLOTS + 2 zeroed u32s, valid AtomicU32s.
+        let counters = unsafe { std::slice::from_raw_parts(mem as *const AtomicU32, SLOTS + 2) };
+
+        let mut children = Vec::new();
+        for _ in 0..PROCS {
+            // SAFETY: the child touches only the two shared mappings with
+            // atomics, never allocates or locks, and leaves with _exit, so
+            // forking from the multi-threaded test harness is sound.
+            let pid = unsafe { libc::fork() };
+            assert!(pid >= 0);
+            if pid == 0 {
+                // SAFETY: getpid has no preconditions.
+                let me = unsafe { libc::getpid() };
+                let want = Want {
+                    database: "d",
+                    user: "u",
+                    limit: Some(0),
+                    server: 0,
+                };
+                for round in 0..ROUNDS {
+                    let Some(got) = pool::try_acquire(&seg, want, me) else {
+                        std::hint::spin_loop();
+                        continue;
+                    };
+                    let i = match got {
+                        Acquired::Pooled(i) | Acquired::New(i) => i,
+                    };
+                    if counters[i].fetch_add(1, Ordering::AcqRel) != 0 {
+                        counters[SLOTS].fetch_add(1, Ordering::AcqRel);
+                    }
+                    counters[SLOTS + 1].fetch_add(1, Ordering::AcqRel);
+                    for _ in 0..(round % 50) {
+                        std::hint::spin_loop();
+                    }
+                    counters[i].fetch_sub(1, Ordering::AcqRel);
+                    if let Acquired::New(i) = got {
+                        pool::publish_new(&seg, i, me);
+                    }
+                    // Every third round drops the connection instead, so the
+                    // REMOVE and NOTINIT paths race too.
+                    if round % 3 == 0 {
+                        pool::discard(&seg, i, me);
+                        pool::finish_remove(&seg, i);
+                    } else {
+                        pool::release(&seg, i, me);
+                    }
+                }
+                // SAFETY: _exit ends the child without running the parent's
+                // destructors or the test harness's atexit handlers.
+                unsafe { libc::_exit(0) };
+            }
+            children.push(pid);
+        }
+        for pid in children {
+            let mut status = 0;
+            // SAFETY: waiting on our own child with a valid status pointer.
+            assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+            assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+        }
+        let violations = counters[SLOTS].load(Ordering::Acquire);
+        let acquisitions = counters[SLOTS + 1].load(Ordering::Acquire);
+        // SAFETY: unmapping the mapping created above; `counters` is unused after.
+        unsafe { libc::munmap(mem, len) };
+        assert_eq!(violations, 0, "a slot was owned twice");
+        assert!(
+            acquisitions > (PROCS * ROUNDS / 10) as u32,
+            "too little contention: {acquisitions}"
+        );
+        assert!(seg
+            .slots()
+            .iter()
+            .all(|s| matches!(s.state(), SlotState::Free | SlotState::NotInit)));
+        assert!(seg.limits()[0].active() as usize <= SLOTS);
+    }
+
+    #[test]
+    fn generation_only_grows() {
+        let s = fresh();
+        assert_eq!(s.generation(), 0);
+        assert_eq!(s.bump_generation(), 1);
+        assert_eq!(s.bump_generation(), 2);
+    }
+}

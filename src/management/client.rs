@@ -1,0 +1,103 @@
+//! The worker's side of the management socket: blocking request/reply.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use super::message::{self, Header, Id, HEADER_LEN};
+use super::transfer;
+use super::ManagementError;
+
+pub struct ManagementClient {
+    sock: UnixStream,
+}
+
+pub struct Reply {
+    pub header: Header,
+    pub payload: Vec<u8>,
+    pub fds: Vec<OwnedFd>,
+}
+
+impl ManagementClient {
+    pub fn connect(path: &Path) -> Result<Self, ManagementError> {
+        Ok(ManagementClient {
+            sock: UnixStream::connect(path)?,
+        })
+    }
+
+    /// Hands the supervisor the socket of a connection this worker created,
+    /// and waits until it holds it, so that the slot can be published.
+    pub fn transfer(
+        &mut self,
+        slot: usize,
+        generation: u64,
+        fd: BorrowedFd<'_>,
+    ) -> Result<(), ManagementError> {
+        let msg = message::encode(
+            Id::Transfer,
+            slot_i32(slot)?,
+            &message::generation_payload(generation),
+        );
+        transfer::send(self.sock.as_fd(), &msg, Some(fd))?;
+        let reply = self.read_reply()?;
+        match reply.header.id {
+            Id::Ack => Ok(()),
+            Id::Error => Err(refused(&reply.payload)),
+            _ => Err(ManagementError::Malformed("unexpected reply to transfer")),
+        }
+    }
+
+    /// Asks the supervisor for a copy of a slot's socket; returns it with
+    /// the generation it belongs to.
+    pub fn get_socket(&mut self, slot: usize) -> Result<(OwnedFd, u64), ManagementError> {
+        let msg = message::encode(Id::GetSocket, slot_i32(slot)?, &[]);
+        transfer::send(self.sock.as_fd(), &msg, None)?;
+        let mut reply = self.read_reply()?;
+        match reply.header.id {
+            Id::Socket => {
+                let generation = message::parse_generation(&reply.payload)?;
+                let fd = reply.fds.pop().ok_or(ManagementError::Malformed(
+                    "socket reply without a descriptor",
+                ))?;
+                Ok((fd, generation))
+            }
+            Id::Error => Err(refused(&reply.payload)),
+            _ => Err(ManagementError::Malformed("unexpected reply to get-socket")),
+        }
+    }
+
+    pub fn read_reply(&mut self) -> Result<Reply, ManagementError> {
+        let mut fds = Vec::new();
+        let mut head = [0u8; HEADER_LEN];
+        self.fill(&mut head, &mut fds)?;
+        let header = Header::decode(&head)?;
+        // `decode` capped the length at MAX_PAYLOAD.
+        let mut payload = vec![0u8; header.len as usize];
+        self.fill(&mut payload, &mut fds)?;
+        Ok(Reply {
+            header,
+            payload,
+            fds,
+        })
+    }
+
+    fn fill(&mut self, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> Result<(), ManagementError> {
+        let mut got = 0;
+        while got < buf.len() {
+            match transfer::recv(self.sock.as_fd(), &mut buf[got..], fds) {
+                Ok(n) => got += n,
+                Err(transfer::TransferError::Eof) => return Err(ManagementError::Closed),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn slot_i32(slot: usize) -> Result<i32, ManagementError> {
+    i32::try_from(slot).map_err(|_| ManagementError::Malformed("slot index"))
+}
+
+fn refused(payload: &[u8]) -> ManagementError {
+    ManagementError::Refused(String::from_utf8_lossy(payload).into_owned())
+}

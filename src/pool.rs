@@ -1,0 +1,327 @@
+//! Taking and giving back slots: the pool policy on top of the slot state
+//! machine. Workers call `acquire`/`release`/`discard`; the supervisor calls
+//! `reclaim_owner` and `finish_remove`.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::segment::Segment;
+use crate::slot::{identity_key, SlotState, NO_OWNER};
+
+/// What a client needs a server connection for.
+#[derive(Debug, Clone, Copy)]
+pub struct Want<'a> {
+    pub database: &'a str,
+    pub user: &'a str,
+    /// The `[[limit]]` rule that caps connections for this database and user.
+    pub limit: Option<usize>,
+    pub server: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acquired {
+    /// An idle pooled connection, now IN_USE by the caller.
+    Pooled(usize),
+    /// An empty (or evicted) slot, now INIT by the caller, which must connect
+    /// and then call `publish_new` or `abandon_new`.
+    New(usize),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("no server connection became available within {0:?}")]
+    Timeout(Duration),
+    #[error("the pooler is shutting down")]
+    ShuttingDown,
+}
+
+/// Longest single sleep while waiting; bounds the delay when a wake-up is
+/// missed (for example a slot freed by a process that then died).
+const MAX_NAP: Duration = Duration::from_millis(100);
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Gets a slot for `want`, waiting until `deadline` when none can be had.
+pub fn acquire(
+    seg: &Segment,
+    want: Want<'_>,
+    me: i32,
+    deadline: Instant,
+) -> Result<Acquired, PoolError> {
+    loop {
+        if seg.shutting_down() {
+            return Err(PoolError::ShuttingDown);
+        }
+        // Read before scanning: a release that lands after the scan bumps it
+        // and the wait below returns at once.
+        let seen = seg.wake_seq();
+        if let Some(got) = try_acquire(seg, want, me) {
+            return Ok(got);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(PoolError::Timeout(deadline.saturating_duration_since(now)));
+        }
+        seg.wait_for_change(seen, (deadline - now).min(MAX_NAP));
+    }
+}
+
+/// One pass over the slots: reuse, else create within the limits.
+pub fn try_acquire(seg: &Segment, want: Want<'_>, me: i32) -> Option<Acquired> {
+    let key = identity_key(want.database, want.user);
+    for (i, slot) in seg.slots().iter().enumerate() {
+        if slot.key() != key || slot.state() != SlotState::Free {
+            continue;
+        }
+        if !slot.try_take_free(me) {
+            continue;
+        }
+        // The key is a hash read before we owned the slot: confirm the names
+        // now that nobody else can change them.
+        if slot.matches(want.database, want.user) && slot.server() == want.server {
+            slot.touch(now_ms());
+            return Some(Acquired::Pooled(i));
+        }
+        let _ = slot.transition(SlotState::InUse, me, SlotState::Free, NO_OWNER);
+    }
+
+    let limit = seg.limit(want.limit);
+    if let Some(l) = limit {
+        if !l.try_reserve() {
+            return None;
+        }
+    }
+    if let Some(i) = reserve_empty(seg, want, me) {
+        return Some(Acquired::New(i));
+    }
+    if let Some(i) = evict_idle(seg, want, me) {
+        return Some(Acquired::New(i));
+    }
+    if let Some(l) = limit {
+        l.release();
+    }
+    None
+}
+
+fn reserve_empty(seg: &Segment, want: Want<'_>, me: i32) -> Option<usize> {
+    for (i, slot) in seg.slots().iter().enumerate() {
+        if slot.state() == SlotState::NotInit && slot.try_reserve(me) {
+            slot.set_identity(want.database, want.user, want.limit, want.server, now_ms());
+            return Some(i);
+        }
+    }
+    None
+}
+
+/// Takes over the least recently used idle connection of another database or
+/// user, so that a full pool of idle connections cannot starve a newcomer.
+fn evict_idle(seg: &Segment, want: Want<'_>, me: i32) -> Option<usize> {
+    let key = identity_key(want.database, want.user);
+    loop {
+        let victim = seg
+            .slots()
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.state() == SlotState::Free && s.key() != key)
+            .min_by_key(|(_, s)| s.last_used_ms())
+            .map(|(i, _)| i)?;
+        let slot = &seg.slots()[victim];
+        if slot.try_evict(me) {
+            if let Some(old) = seg.limit(slot.limit_index()) {
+                old.release();
+            }
+            slot.set_identity(want.database, want.user, want.limit, want.server, now_ms());
+            return Some(victim);
+        }
+    }
+}
+
+/// The new connection is up and its socket is with the supervisor.
+pub fn publish_new(seg: &Segment, index: usize, me: i32) -> bool {
+    seg.slots().get(index).is_some_and(|s| {
+        s.transition(SlotState::Init, me, SlotState::InUse, me)
+            .is_ok()
+    })
+}
+
+/// Creating the connection failed: give the slot back empty.
+pub fn abandon_new(seg: &Segment, index: usize, me: i32) {
+    let Some(slot) = seg.slots().get(index) else {
+        return;
+    };
+    let limit = slot.limit_index();
+    if slot
+        .transition(SlotState::Init, me, SlotState::NotInit, NO_OWNER)
+        .is_ok()
+    {
+        if let Some(l) = seg.limit(limit) {
+            l.release();
+        }
+        seg.notify();
+    }
+}
+
+/// The connection is idle and clean: back to the pool.
+pub fn release(seg: &Segment, index: usize, me: i32) -> bool {
+    let Some(slot) = seg.slots().get(index) else {
+        return false;
+    };
+    slot.touch(now_ms());
+    let ok = slot
+        .transition(SlotState::InUse, me, SlotState::Free, NO_OWNER)
+        .is_ok();
+    if ok {
+        seg.notify();
+    }
+    ok
+}
+
+/// The connection's state is unknown or broken: the supervisor closes it.
+pub fn discard(seg: &Segment, index: usize, me: i32) -> bool {
+    seg.slots().get(index).is_some_and(|s| {
+        s.transition(SlotState::InUse, me, SlotState::Remove, NO_OWNER)
+            .is_ok()
+    })
+}
+
+/// Supervisor: takes back every slot a dead worker held. Returns the slots
+/// whose connection must be closed (their state is unknown) and then passed
+/// to `finish_remove`.
+pub fn reclaim_owner(seg: &Segment, dead: i32) -> Vec<usize> {
+    let mut to_close = Vec::new();
+    if dead == NO_OWNER {
+        return to_close;
+    }
+    for (i, slot) in seg.slots().iter().enumerate() {
+        let (state, owner) = slot.snapshot();
+        if owner != dead {
+            continue;
+        }
+        match state {
+            SlotState::Init => abandon_new(seg, i, dead),
+            SlotState::NotInit | SlotState::Free => {}
+            other => {
+                if slot
+                    .transition(other, dead, SlotState::Remove, NO_OWNER)
+                    .is_ok()
+                {
+                    to_close.push(i);
+                }
+            }
+        }
+    }
+    to_close
+}
+
+/// Supervisor: the connection of a REMOVE slot is closed; empty the slot.
+pub fn finish_remove(seg: &Segment, index: usize) -> bool {
+    let Some(slot) = seg.slots().get(index) else {
+        return false;
+    };
+    let limit = slot.limit_index();
+    let ok = slot
+        .transition(SlotState::Remove, NO_OWNER, SlotState::NotInit, NO_OWNER)
+        .is_ok();
+    if ok {
+        slot.set_backend(0, 0);
+        if let Some(l) = seg.limit(limit) {
+            l.release();
+        }
+        seg.notify();
+    }
+    ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn want(db: &str) -> Want<'_> {
+        Want {
+            database: db,
+            user: "u",
+            limit: Some(0),
+            server: 0,
+        }
+    }
+
+    #[test]
+    fn new_then_pooled_for_the_same_identity() {
+        let seg = Segment::create(2, &[2]).unwrap();
+        let a = try_acquire(&seg, want("d"), 10).unwrap();
+        let Acquired::New(i) = a else {
+            panic!("expected a new slot, got {a:?}")
+        };
+        assert!(publish_new(&seg, i, 10));
+        assert!(release(&seg, i, 10));
+        assert_eq!(try_acquire(&seg, want("d"), 11), Some(Acquired::Pooled(i)));
+        assert_eq!(seg.limits()[0].active(), 1);
+    }
+
+    #[test]
+    fn limit_caps_new_connections() {
+        let seg = Segment::create(4, &[1]).unwrap();
+        assert!(matches!(
+            try_acquire(&seg, want("d"), 10),
+            Some(Acquired::New(_))
+        ));
+        assert_eq!(try_acquire(&seg, want("d"), 11), None);
+    }
+
+    #[test]
+    fn evicts_an_idle_connection_of_another_database() {
+        let seg = Segment::create(1, &[5]).unwrap();
+        let Some(Acquired::New(i)) = try_acquire(&seg, want("a"), 10) else {
+            panic!()
+        };
+        publish_new(&seg, i, 10);
+        assert_eq!(try_acquire(&seg, want("b"), 11), None, "slot busy");
+        release(&seg, i, 10);
+        assert_eq!(try_acquire(&seg, want("b"), 11), Some(Acquired::New(i)));
+        assert!(seg.slots()[i].matches("b", "u"));
+        assert_eq!(seg.limits()[0].active(), 1, "old charge released");
+    }
+
+    #[test]
+    fn reclaim_frees_a_dead_owners_slots() {
+        let seg = Segment::create(3, &[3]).unwrap();
+        let Some(Acquired::New(a)) = try_acquire(&seg, want("d"), 10) else {
+            panic!()
+        };
+        publish_new(&seg, a, 10);
+        let Some(Acquired::New(b)) = try_acquire(&seg, want("d"), 10) else {
+            panic!()
+        };
+        let close = reclaim_owner(&seg, 10);
+        assert_eq!(close, vec![a], "IN_USE needs closing");
+        assert_eq!(seg.slots()[b].state(), SlotState::NotInit, "INIT emptied");
+        assert!(finish_remove(&seg, a));
+        assert!(seg.slots().iter().all(|s| s.state() == SlotState::NotInit));
+        assert_eq!(seg.limits()[0].active(), 0);
+    }
+
+    #[test]
+    fn acquire_times_out_then_succeeds_after_release() {
+        let seg = Segment::create(1, &[1]).unwrap();
+        let Some(Acquired::New(i)) = try_acquire(&seg, want("d"), 10) else {
+            panic!()
+        };
+        publish_new(&seg, i, 10);
+        let t = Instant::now();
+        let err = acquire(
+            &seg,
+            want("d"),
+            11,
+            Instant::now() + Duration::from_millis(150),
+        );
+        assert!(matches!(err, Err(PoolError::Timeout(_))));
+        assert!(t.elapsed() >= Duration::from_millis(140));
+        release(&seg, i, 10);
+        let got = acquire(&seg, want("d"), 11, Instant::now() + Duration::from_secs(1));
+        assert_eq!(got.unwrap(), Acquired::Pooled(i));
+    }
+}
