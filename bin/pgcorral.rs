@@ -1,1 +1,111 @@
-fn main() {}
+//! pgcorral: the pooler daemon.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use pgcorral::config::Config;
+use pgcorral::supervisor::Supervisor;
+
+#[derive(Parser)]
+#[command(name = "pgcorral", version, about = "PostgreSQL connection pooler")]
+struct Args {
+    /// Configuration file (TOML).
+    #[arg(
+        short = 'c',
+        long = "config",
+        default_value = "/etc/pgcorral/pgcorral.toml"
+    )]
+    config: PathBuf,
+    /// Host-based access rules (pg_hba.conf syntax).
+    #[arg(short = 'a', long = "hba")]
+    hba: Option<PathBuf>,
+    /// User vault.
+    #[arg(short = 'u', long = "users")]
+    users: Option<PathBuf>,
+    /// Run in the background.
+    #[arg(short = 'd', long = "daemon")]
+    daemon: bool,
+    /// Take over from a running pgcorral.
+    #[arg(long)]
+    upgrade: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pgcorral: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    for (flag, given) in [
+        ("-a (hba file)", args.hba.is_some()),
+        ("-u (user vault)", args.users.is_some()),
+        ("--upgrade", args.upgrade),
+    ] {
+        if given {
+            eprintln!("pgcorral: {flag} is not available in this version");
+            return ExitCode::from(1);
+        }
+    }
+    if let Err(e) = pgcorral::pipeline::resolve(config.main.pipeline) {
+        eprintln!("pgcorral: {}: {e}", args.config.display());
+        return ExitCode::from(1);
+    }
+    let main = &config.main;
+    if let Err(e) = pgcorral::logging::init(main.log_type, main.log_level, main.log_path.as_deref())
+    {
+        eprintln!("pgcorral: logging: {e}");
+        return ExitCode::from(1);
+    }
+    for key in config.unimplemented_settings() {
+        log::warn!("{key} is set but not acted on by this version");
+    }
+    if args.daemon {
+        if let Err(e) = daemonize() {
+            eprintln!("pgcorral: cannot run in the background: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    let supervisor = match Supervisor::new(config) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("{e}");
+            eprintln!("pgcorral: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    log::info!(
+        "pgcorral {} started (pid {})",
+        env!("CARGO_PKG_VERSION"),
+        std::process::id()
+    );
+    ExitCode::from(supervisor.run().clamp(0, 255) as u8)
+}
+
+/// Detaches from the terminal: the parent exits, the child leads a new
+/// session with its standard streams on /dev/null.
+fn daemonize() -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: still single-threaded; the parent exits at once with _exit.
+    match unsafe { libc::fork() } {
+        -1 => return Err(std::io::Error::last_os_error()),
+        0 => {}
+        _ => unsafe { libc::_exit(0) },
+    }
+    // SAFETY: setsid in the child, which is not a group leader.
+    if unsafe { libc::setsid() } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    for fd in 0..3 {
+        // SAFETY: dup2 of a descriptor we own onto the standard streams.
+        unsafe { libc::dup2(null.as_raw_fd(), fd) };
+    }
+    Ok(())
+}

@@ -6,6 +6,7 @@ pub mod logging;
 pub mod management;
 pub mod pipeline;
 pub mod pool;
+pub mod pooled_sockets;
 pub mod protocol;
 pub mod segment;
 pub mod slot;

@@ -28,7 +28,7 @@ pub enum Acquired {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
-    #[error("no server connection became available within {0:?}")]
+    #[error("no server connection became available after waiting {0:.1?}")]
     Timeout(Duration),
     #[error("the pooler is shutting down")]
     ShuttingDown,
@@ -52,6 +52,7 @@ pub fn acquire(
     me: i32,
     deadline: Instant,
 ) -> Result<Acquired, PoolError> {
+    let started = Instant::now();
     loop {
         if seg.shutting_down() {
             return Err(PoolError::ShuttingDown);

@@ -1,1 +1,262 @@
-// placeholder
+//! The supervisor: one single-threaded process that owns the listeners, the
+//! shared segment and the master copies of pooled sockets, forks a worker
+//! per client, and keeps the pool tidy. It never starts a thread or an
+//! async runtime, because it forks.
+
+pub mod listeners;
+pub mod requests;
+pub mod signals;
+pub mod spawn;
+pub mod upkeep;
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, UnixListener};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use nix::sys::signal::Signal;
+
+use crate::config::Config;
+use crate::management;
+use crate::management::server::Connection;
+use crate::pooled_sockets::{self, PooledSockets};
+use crate::segment::{Segment, SegmentError};
+use crate::worker::Context;
+
+const SIGNALS: Token = Token(0);
+const MANAGEMENT: Token = Token(1);
+const UNIX: Token = Token(2);
+const TCP_FIRST: usize = 10;
+const CONNECTION_FIRST: usize = 1000;
+/// How often the pool is swept even when nothing happens.
+const TICK: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error(transparent)]
+    Segment(#[from] SegmentError),
+    #[error(transparent)]
+    Listen(#[from] listeners::ListenError),
+    #[error("descriptor setup: {0}")]
+    Descriptors(#[source] io::Error),
+    #[error("signal setup: {0}")]
+    Signals(#[source] nix::Error),
+    #[error("event loop: {0}")]
+    Poll(#[source] io::Error),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Running,
+    /// Not accepting; exits once the last worker is gone.
+    Graceful,
+}
+
+pub struct Supervisor {
+    config: Config,
+    segment: Segment,
+    sockets: PooledSockets,
+    poll: Poll,
+    signals: signals::Signals,
+    tcp: Vec<TcpListener>,
+    unix: Option<UnixListener>,
+    unix_path: PathBuf,
+    management: UnixListener,
+    management_path: PathBuf,
+    connections: HashMap<Token, Connection>,
+    next_connection: usize,
+    workers: HashSet<i32>,
+    mode: Mode,
+}
+
+impl Supervisor {
+    pub fn new(config: Config) -> Result<Self, SupervisorError> {
+        let main = &config.main;
+        pooled_sockets::ensure_fd_limit(main.max_connections)
+            .map_err(SupervisorError::Descriptors)?;
+        let limit_sizes: Vec<u32> = config
+            .limits
+            .iter()
+            .map(|l| l.max_size.min(u32::MAX as usize) as u32)
+            .collect();
+        let segment = Segment::create(main.max_connections, &limit_sizes)?;
+        let sockets =
+            PooledSockets::new(main.max_connections).map_err(SupervisorError::Descriptors)?;
+        let signals = signals::Signals::new().map_err(SupervisorError::Signals)?;
+        let poll = Poll::new().map_err(SupervisorError::Poll)?;
+
+        let mut tcp = listeners::tcp(&main.host, main.port)?;
+        let unix_path = listeners::unix_socket_path(&main.unix_socket_dir, main.port);
+        let mut unix = listeners::unix(&unix_path)?;
+        let management_path = management::socket_path(&main.unix_socket_dir, main.port);
+        let mut management = listeners::unix(&management_path)?;
+
+        let reg = poll.registry();
+        let sig_fd = signals.raw_fd();
+        reg.register(&mut SourceFd(&sig_fd), SIGNALS, Interest::READABLE)
+            .map_err(SupervisorError::Poll)?;
+        reg.register(&mut management, MANAGEMENT, Interest::READABLE)
+            .map_err(SupervisorError::Poll)?;
+        reg.register(&mut unix, UNIX, Interest::READABLE)
+            .map_err(SupervisorError::Poll)?;
+        for (i, l) in tcp.iter_mut().enumerate() {
+            reg.register(l, Token(TCP_FIRST + i), Interest::READABLE)
+                .map_err(SupervisorError::Poll)?;
+        }
+        for l in &tcp {
+            if let Ok(a) = l.local_addr() {
+                log::info!("listening on {a}");
+            }
+        }
+        log::info!("listening on {}", unix_path.display());
+        Ok(Supervisor {
+            config,
+            segment,
+            sockets,
+            poll,
+            signals,
+            tcp,
+            unix: Some(unix),
+            unix_path,
+            management,
+            management_path,
+            connections: HashMap::new(),
+            next_connection: CONNECTION_FIRST,
+            workers: HashSet::new(),
+            mode: Mode::Running,
+        })
+    }
+
+    /// Runs until shut down; returns the process exit status.
+    pub fn run(mut self) -> i32 {
+        let mut events = Events::with_capacity(128);
+        let mut last_sweep = Instant::now();
+        loop {
+            if let Err(e) = self.poll.poll(&mut events, Some(TICK)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    log::error!("event loop: {e}");
+                    self.shutdown_now();
+                    return 1;
+                }
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    SIGNALS => {
+                        for sig in self.signals.drain() {
+                            if let Some(status) = self.on_signal(sig) {
+                                return status;
+                            }
+                        }
+                    }
+                    MANAGEMENT => self.accept_management(),
+                    UNIX => self.accept_unix(),
+                    Token(t) if (TCP_FIRST..CONNECTION_FIRST).contains(&t) => {
+                        self.accept_tcp(t - TCP_FIRST)
+                    }
+                    token => self.on_management_readable(token),
+                }
+            }
+            if last_sweep.elapsed() >= TICK {
+                self.sweep();
+                last_sweep = Instant::now();
+            }
+            if self.mode == Mode::Graceful && self.workers.is_empty() {
+                log::info!("graceful shutdown: the last client left");
+                self.close_pool();
+                return 0;
+            }
+        }
+    }
+
+    fn on_signal(&mut self, sig: Signal) -> Option<i32> {
+        match sig {
+            Signal::SIGCHLD => self.reap(),
+            Signal::SIGTERM | Signal::SIGINT | Signal::SIGALRM => {
+                log::info!("{sig}: shutting down now");
+                self.shutdown_now();
+                return Some(0);
+            }
+            Signal::SIGTRAP => self.start_graceful(),
+            Signal::SIGHUP => log::warn!(
+                "SIGHUP: configuration reload is not available in this version; restart to apply changes"
+            ),
+            other => log::debug!("{other} ignored"),
+        }
+        None
+    }
+
+    fn context(&self) -> Context<'_> {
+        Context {
+            config: &self.config,
+            segment: &self.segment,
+            sockets: &self.sockets,
+            management_path: &self.management_path,
+        }
+    }
+
+    fn accept_tcp(&mut self, index: usize) {
+        loop {
+            let Some(listener) = self.tcp.get(index) else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, addr)) => self.spawn(stream.into(), &addr.to_string()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    log::warn!("accept: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn accept_unix(&mut self) {
+        loop {
+            let Some(listener) = &self.unix else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, _)) => self.spawn(stream.into(), "[local]"),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    log::warn!("accept: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn spawn(&mut self, client: OwnedFd, peer: &str) {
+        match spawn::spawn_worker(&self.context(), client, peer) {
+            Ok(spawn::Forked::Parent(pid)) => {
+                self.workers.insert(pid);
+            }
+            Err(e) => log::error!("{peer}: cannot fork a worker: {e}"),
+        }
+    }
+
+    /// Stops accepting clients: the listeners close, so new connections are
+    /// refused rather than left waiting in a backlog.
+    fn close_listeners(&mut self) {
+        for mut l in self.tcp.drain(..) {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        if let Some(mut l) = self.unix.take() {
+            let _ = self.poll.registry().deregister(&mut l);
+            let _ = std::fs::remove_file(&self.unix_path);
+        }
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.management_path);
+        if self.unix.is_some() {
+            let _ = std::fs::remove_file(&self.unix_path);
+        }
+    }
+}

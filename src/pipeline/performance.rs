@@ -1,0 +1,229 @@
+//! The performance pipeline: client and server are bound for the whole
+//! session and bytes pass through untouched. The only things looked at are
+//! message tags (at boundaries), ReadyForQuery status and ErrorResponse
+//! severity, which decide whether the connection can be pooled afterwards.
+//!
+//! Both sockets are non-blocking and each direction has its own buffer, so
+//! a client that pipelines many requests while the server is answering can
+//! never wedge the worker: whichever side is ready is served.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::relay::Relay;
+use super::{Outcome, SessionState};
+use crate::protocol::error_response::is_fatal_or_panic;
+use crate::protocol::framer::{Event, Flow, Framer};
+use crate::protocol::tag::{backend, frontend};
+
+/// PostgreSQL accepts client messages up to 1 GiB; nothing larger is valid.
+pub const MAX_CLIENT_MESSAGE: u32 = 1 << 30;
+/// Server messages are bounded by the same 1 GiB field limit.
+pub const MAX_SERVER_MESSAGE: u32 = (1 << 30) + 1024;
+/// Enough of an ErrorResponse body to find its severity.
+const CAPTURE: usize = 256;
+
+pub struct Performance<'a> {
+    client: BorrowedFd<'a>,
+    server: BorrowedFd<'a>,
+    c2s: Relay,
+    s2c: Relay,
+    pub state: SessionState,
+    stop: &'a AtomicBool,
+    wait_mask: libc::sigset_t,
+}
+
+impl<'a> Performance<'a> {
+    /// Both descriptors must already be non-blocking. `stop` is set by the
+    /// worker's signal handler; `wait_mask` is the signal mask to wait with
+    /// (the handler's signal unblocked only while waiting).
+    pub fn new(
+        client: BorrowedFd<'a>,
+        server: BorrowedFd<'a>,
+        stop: &'a AtomicBool,
+        wait_mask: libc::sigset_t,
+    ) -> Self {
+        Performance {
+            client,
+            server,
+            c2s: Relay::new(Framer::new(MAX_CLIENT_MESSAGE, 0)),
+            s2c: Relay::new(Framer::new(MAX_SERVER_MESSAGE, CAPTURE)),
+            state: SessionState::default(),
+            stop,
+            wait_mask,
+        }
+    }
+
+    pub fn run(&mut self) -> Outcome {
+        let outcome = self.pump();
+        self.state.streams_idle = self.c2s.is_idle() && self.s2c.out_at_boundary();
+        outcome
+    }
+
+    /// Whether an ErrorResponse may be written to the client now without
+    /// splitting a message it is receiving.
+    pub fn client_at_boundary(&self) -> bool {
+        self.s2c.out_at_boundary()
+    }
+
+    fn pump(&mut self) -> Outcome {
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                return Outcome::Shutdown;
+            }
+            let mut fds = [
+                libc::pollfd {
+                    fd: self.client.as_raw_fd(),
+                    events: interest(self.c2s.has_room(), self.s2c.has_pending()),
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.server.as_raw_fd(),
+                    events: interest(self.s2c.has_room(), self.c2s.has_pending()),
+                    revents: 0,
+                },
+            ];
+            // SAFETY: polling two live descriptors through an array we own,
+            // with a signal mask that lives across the call.
+            let n = unsafe { libc::ppoll(fds.as_mut_ptr(), 2, std::ptr::null(), &self.wait_mask) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Outcome::Io(e);
+            }
+            let [c, s] = fds;
+            if ready_to_read(c.revents) && self.c2s.has_room() {
+                if let Some(done) = self.from_client() {
+                    return done;
+                }
+            }
+            if ready_to_read(s.revents) && self.s2c.has_room() {
+                if let Some(done) = self.from_server() {
+                    return done;
+                }
+            }
+            if c.revents & libc::POLLOUT != 0 {
+                if let Err(e) = self.s2c.flush(self.client) {
+                    return client_write_failed(e);
+                }
+            }
+            if s.revents & libc::POLLOUT != 0 {
+                if let Err(e) = self.c2s.flush(self.server) {
+                    return server_write_failed(e);
+                }
+            }
+        }
+    }
+
+    fn from_client(&mut self) -> Option<Outcome> {
+        match self.c2s.fill(self.client) {
+            Ok(0) => return Some(Outcome::ClientClosed),
+            Ok(_) => {}
+            Err(e) if retry(&e) => return None,
+            Err(e) => return Some(client_write_failed(e)),
+        }
+        let state = &mut self.state;
+        let stopped = match self.c2s.scan(|event| match event {
+            Event::Start { tag, .. } if tag == frontend::TERMINATE => Flow::Stop,
+            Event::Start { tag, .. } => {
+                state.client_message(tag);
+                Flow::Skip
+            }
+            Event::Complete { .. } => Flow::Skip,
+        }) {
+            Ok(s) => s,
+            Err(e) => return Some(Outcome::ClientProtocol(e)),
+        };
+        if stopped.is_some() {
+            // Forward what came before the Terminate, then end; the
+            // Terminate itself is ours, the server connection stays open.
+            return Some(match self.drain_to_server() {
+                Ok(()) => Outcome::ClientTerminated,
+                Err(e) => server_write_failed(e),
+            });
+        }
+        match self.c2s.flush(self.server) {
+            Ok(_) => None,
+            Err(e) => Some(server_write_failed(e)),
+        }
+    }
+
+    fn from_server(&mut self) -> Option<Outcome> {
+        match self.s2c.fill(self.server) {
+            Ok(0) => return Some(Outcome::ServerClosed),
+            Ok(_) => {}
+            Err(e) if retry(&e) => return None,
+            Err(e) => return Some(server_write_failed(e)),
+        }
+        let state = &mut self.state;
+        if let Err(e) = self.s2c.scan(|event| match event {
+            Event::Start { tag, .. } if SessionState::wants_server_body(tag) => Flow::Capture,
+            Event::Start { .. } => Flow::Skip,
+            Event::Complete { tag, body } => {
+                if tag == backend::READY_FOR_QUERY {
+                    state.ready_for_query(body.first().copied().unwrap_or(b'I'));
+                } else if tag == backend::ERROR_RESPONSE && is_fatal_or_panic(body) {
+                    state.server_fatal = true;
+                }
+                Flow::Skip
+            }
+        }) {
+            return Some(Outcome::ServerProtocol(e));
+        }
+        match self.s2c.flush(self.client) {
+            Ok(_) => None,
+            Err(e) => Some(client_write_failed(e)),
+        }
+    }
+
+    /// Blocks (in poll) until everything scanned for the server is written.
+    fn drain_to_server(&mut self) -> io::Result<()> {
+        while !self.c2s.flush(self.server)? {
+            let mut pfd = libc::pollfd {
+                fd: self.server.as_raw_fd(),
+                events: libc::POLLOUT,
+                revents: 0,
+            };
+            // SAFETY: polling one live descriptor.
+            if unsafe { libc::poll(&mut pfd, 1, -1) } < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn interest(read: bool, write: bool) -> libc::c_short {
+    (if read { libc::POLLIN } else { 0 }) | (if write { libc::POLLOUT } else { 0 })
+}
+
+fn ready_to_read(revents: libc::c_short) -> bool {
+    revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0
+}
+
+fn retry(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
+}
+
+fn client_write_failed(e: io::Error) -> Outcome {
+    match e.kind() {
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => Outcome::ClientClosed,
+        _ => Outcome::Io(e),
+    }
+}
+
+fn server_write_failed(e: io::Error) -> Outcome {
+    match e.kind() {
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => Outcome::ServerClosed,
+        _ => Outcome::Io(e),
+    }
+}

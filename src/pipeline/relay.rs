@@ -1,0 +1,129 @@
+//! One direction of a pass-through: a fixed buffer that is read into,
+//! scanned for message boundaries, and written out without copying
+//! messages anywhere else.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use crate::protocol::framer::{Event, Flow, FrameError, Framer, Scanned};
+
+pub const BUFFER_SIZE: usize = 64 * 1024;
+
+pub struct Relay {
+    buf: Box<[u8]>,
+    /// Next byte to write out.
+    start: usize,
+    /// Bytes before this were scanned and may be written.
+    scanned: usize,
+    /// Bytes before this were read.
+    end: usize,
+    framer: Framer,
+}
+
+impl Relay {
+    pub fn new(framer: Framer) -> Self {
+        Relay {
+            buf: vec![0u8; BUFFER_SIZE].into_boxed_slice(),
+            start: 0,
+            scanned: 0,
+            end: 0,
+            framer,
+        }
+    }
+
+    pub fn has_room(&self) -> bool {
+        self.end < self.buf.len()
+    }
+
+    /// Scanned bytes not yet written out.
+    pub fn has_pending(&self) -> bool {
+        self.start < self.scanned
+    }
+
+    /// Nothing half-passed: no unwritten bytes and no partial message.
+    pub fn is_idle(&self) -> bool {
+        self.start == self.end && self.framer.at_boundary()
+    }
+
+    /// At a message boundary on the outgoing side: everything scanned was
+    /// written and the framer is between messages, so something else may be
+    /// written to the peer without cutting a message in two.
+    pub fn out_at_boundary(&self) -> bool {
+        self.start == self.scanned && self.framer.at_boundary()
+    }
+
+    /// One read. `Ok(0)` is end of stream.
+    pub fn fill(&mut self, fd: BorrowedFd<'_>) -> io::Result<usize> {
+        let room = &mut self.buf[self.end..];
+        // SAFETY: reading into the unused tail of our own buffer, whose
+        // length bounds the read.
+        let n = unsafe {
+            libc::read(
+                fd.as_raw_fd(),
+                room.as_mut_ptr() as *mut libc::c_void,
+                room.len(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.end += n as usize;
+        Ok(n as usize)
+    }
+
+    /// Scans what was read. Returns where the callback stopped, if it did;
+    /// bytes from there on are not forwarded.
+    pub fn scan(&mut self, on: impl FnMut(Event<'_>) -> Flow) -> Result<Option<usize>, FrameError> {
+        match self.framer.scan(&self.buf[..self.end], self.scanned, on)? {
+            Scanned::Upto(n) => {
+                self.scanned = n;
+                Ok(None)
+            }
+            Scanned::Stopped(n) => {
+                self.scanned = n;
+                self.end = n;
+                Ok(Some(n))
+            }
+        }
+    }
+
+    /// Writes scanned bytes until done or the socket is full. Returns true
+    /// when nothing scanned is left.
+    pub fn flush(&mut self, fd: BorrowedFd<'_>) -> io::Result<bool> {
+        while self.start < self.scanned {
+            let out = &self.buf[self.start..self.scanned];
+            // SAFETY: sending from our own initialized buffer; MSG_NOSIGNAL
+            // turns a vanished peer into EPIPE rather than a signal.
+            let n = unsafe {
+                libc::send(
+                    fd.as_raw_fd(),
+                    out.as_ptr() as *const libc::c_void,
+                    out.len(),
+                    libc::MSG_NOSIGNAL,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                return match e.kind() {
+                    io::ErrorKind::WouldBlock => Ok(false),
+                    io::ErrorKind::Interrupted => continue,
+                    _ => Err(e),
+                };
+            }
+            self.start += n as usize;
+        }
+        self.compact();
+        Ok(true)
+    }
+
+    /// Moves an unscanned tail (an incomplete header) to the front once
+    /// everything before it is written, so the buffer never fills up with it.
+    fn compact(&mut self) {
+        if self.start == self.scanned && self.start > 0 {
+            self.buf.copy_within(self.scanned..self.end, 0);
+            self.end -= self.scanned;
+            self.start = 0;
+            self.scanned = 0;
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The supervisor's master copies of pooled server sockets.
+//!
+//! Slot `i`'s socket always sits at descriptor `POOL_FD_BASE + i`; an empty
+//! slot's number holds a /dev/null placeholder so the kernel never hands it
+//! out for anything else. A worker forked by the supervisor therefore
+//! inherits every pooled socket at a known number, along with this table (a
+//! copy-on-write copy of the supervisor's memory) telling which generation
+//! each one is. A worker that gets a pooled slot whose generation matches
+//! uses its inherited copy without asking anyone; only a socket that arrived
+//! after its fork has to be requested over the management socket.
+//! Keeping the range contiguous also lets a new worker drop every other
+//! inherited descriptor with a couple of `close_range` calls.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+/// Above the descriptors a supervisor normally has open, and low enough
+/// that the descriptor table a fork copies stays small.
+pub const POOL_FD_BASE: RawFd = 1024;
+
+pub struct PooledSockets {
+    base: RawFd,
+    /// Generation of the socket held for each slot; 0 = placeholder.
+    generations: Vec<u64>,
+    placeholder: OwnedFd,
+}
+
+impl PooledSockets {
+    /// Fills `POOL_FD_BASE..POOL_FD_BASE + count` with placeholders. The
+    /// descriptor limit must already allow that range.
+    pub fn new(count: usize) -> io::Result<Self> {
+        let placeholder: OwnedFd = std::fs::File::open("/dev/null")?.into();
+        let table = PooledSockets {
+            base: POOL_FD_BASE,
+            generations: vec![0; count],
+            placeholder,
+        };
+        for slot in 0..count {
+            table.dup_into(table.placeholder.as_raw_fd(), slot)?;
+        }
+        Ok(table)
+    }
+
+    pub fn base(&self) -> RawFd {
+        self.base
+    }
+
+    /// One past the last descriptor of the range.
+    pub fn end(&self) -> RawFd {
+        self.base + self.generations.len() as RawFd
+    }
+
+    pub fn len(&self) -> usize {
+        self.generations.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.generations.is_empty()
+    }
+
+    fn dup_into(&self, fd: RawFd, slot: usize) -> io::Result<()> {
+        // SAFETY: dup3 onto a descriptor number of our reserved range, which
+        // holds either a placeholder or a socket this table owns and is
+        // replacing; no other code owns numbers in the range.
+        let r = unsafe { libc::dup3(fd, self.base + slot as RawFd, libc::O_CLOEXEC) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Generation of the socket held for `slot`, if any.
+    pub fn held(&self, slot: usize) -> Option<u64> {
+        self.generations.get(slot).copied().filter(|g| *g != 0)
+    }
+
+    /// The socket for `slot` if it is of `generation`.
+    pub fn get(&self, slot: usize, generation: u64) -> Option<BorrowedFd<'_>> {
+        if generation != 0 && self.held(slot) == Some(generation) {
+            // SAFETY: the number is in our range and holds the socket of
+            // that generation for as long as `self` is borrowed.
+            Some(unsafe { BorrowedFd::borrow_raw(self.base + slot as RawFd) })
+        } else {
+            None
+        }
+    }
+
+    /// Keeps `fd` as `slot`'s socket. A socket already held for the slot
+    /// belonged to an idle connection that was evicted: it is ended politely.
+    pub fn install(&mut self, slot: usize, fd: OwnedFd, generation: u64) -> io::Result<()> {
+        if slot >= self.generations.len() || generation == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "slot or generation",
+            ));
+        }
+        if self.held(slot).is_some() {
+            self.end_socket(slot, true);
+        }
+        self.dup_into(fd.as_raw_fd(), slot)?;
+        self.generations[slot] = generation;
+        Ok(())
+    }
+
+    /// Closes `slot`'s socket. `terminate` sends PostgreSQL a Terminate
+    /// first; only for a connection known to be idle at a message boundary.
+    /// The shutdown reaches the connection itself, so copies that workers
+    /// inherited stop working too and PostgreSQL sees the close at once.
+    pub fn close(&mut self, slot: usize, terminate: bool) {
+        if self.held(slot).is_none() {
+            return;
+        }
+        self.end_socket(slot, terminate);
+        if let Err(e) = self.dup_into(self.placeholder.as_raw_fd(), slot) {
+            log::error!("cannot reset descriptor of slot {slot}: {e}");
+        }
+        self.generations[slot] = 0;
+    }
+
+    fn end_socket(&self, slot: usize, terminate: bool) {
+        let fd = self.base + slot as RawFd;
+        if terminate {
+            const TERMINATE: [u8; 5] = [b'X', 0, 0, 0, 4];
+            // SAFETY: writing 5 bytes from a live array to a descriptor we
+            // own; MSG_DONTWAIT because the supervisor must never block.
+            unsafe {
+                libc::send(
+                    fd,
+                    TERMINATE.as_ptr() as *const libc::c_void,
+                    TERMINATE.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+        }
+        // SAFETY: shutdown on a descriptor we own; an error (not a socket,
+        // already shut) is harmless.
+        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+    }
+
+    /// Closes every held socket; `idle(slot)` says which may get a Terminate.
+    pub fn close_all(&mut self, idle: impl Fn(usize) -> bool) {
+        for slot in 0..self.generations.len() {
+            let terminate = idle(slot);
+            self.close(slot, terminate);
+        }
+    }
+}
+
+/// Raises the soft descriptor limit so the reserved range fits.
+pub fn ensure_fd_limit(count: usize) -> io::Result<()> {
+    let need = (POOL_FD_BASE as u64) + count as u64 + 64;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if lim.rlim_cur >= need {
+        return Ok(());
+    }
+    if lim.rlim_max < need {
+        return Err(io::Error::other(format!(
+            "the descriptor limit (RLIMIT_NOFILE hard limit {}) is below the {need} that max_connections needs",
+            lim.rlim_max
+        )));
+    }
+    lim.rlim_cur = need;
+    // SAFETY: setrlimit with a soft limit not above the hard limit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    // One test owns the fixed range in this process; tests run as threads
+    // of one process, so a second table would fight over the numbers.
+    #[test]
+    fn install_get_close_cycle() {
+        ensure_fd_limit(4).unwrap();
+        let mut t = PooledSockets::new(4).unwrap();
+        assert_eq!(t.end() - t.base(), 4);
+        let (ours, mut peer) = UnixStream::pair().unwrap();
+        t.install(2, ours.into(), 7).unwrap();
+        assert_eq!(t.held(2), Some(7));
+        assert!(t.get(2, 6).is_none(), "stale generation");
+        let fd = t.get(2, 7).unwrap();
+        let mut copy = UnixStream::from(fd.try_clone_to_owned().unwrap());
+        copy.write_all(b"hi").unwrap();
+        let mut got = [0u8; 2];
+        peer.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hi");
+        t.close(2, true);
+        assert_eq!(t.held(2), None);
+        // The peer sees the Terminate, then end of stream: the shutdown
+        // reached the connection although `copy` is still open.
+        let mut rest = Vec::new();
+        peer.read_to_end(&mut rest).unwrap();
+        assert_eq!(rest, vec![b'X', 0, 0, 0, 4]);
+        assert!(t
+            .install(9, UnixStream::pair().unwrap().0.into(), 1)
+            .is_err());
+    }
+}

@@ -1,0 +1,266 @@
+//! Message boundaries in one direction of a pass-through stream.
+//!
+//! The pipeline forwards bytes without copying messages out of its buffer;
+//! the framer only walks headers (tag + length) and skips bodies, so a tag is
+//! read only where a message starts, however the stream was split into
+//! reads. A header cut by the end of a read is left unconsumed: the caller
+//! keeps those bytes and scans them again once more data arrived, so it can
+//! always stop forwarding exactly in front of a message. Bodies the caller
+//! asks to see (ReadyForQuery, ErrorResponse) are copied into a small,
+//! capped buffer as they pass.
+
+/// Tag byte plus Int32 length.
+pub const HEADER_LEN: usize = 5;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("message '{tag}' has an invalid length {len}", tag = *tag as char)]
+    BadLength { tag: u8, len: u32 },
+    #[error("message '{tag}' length {len} exceeds the limit of {max}", tag = *tag as char)]
+    TooLong { tag: u8, len: u32, max: u32 },
+}
+
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// A message's header is complete. `start` is the index of its tag byte
+    /// in the buffer passed to `scan`; `len` is the length field (body + 4).
+    Start { tag: u8, len: u32, start: usize },
+    /// A message the caller chose to capture is complete. `body` holds its
+    /// first bytes, at most the framer's capture capacity.
+    Complete { tag: u8, body: &'a [u8] },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Skip the body.
+    Skip,
+    /// Copy the body and report it with `Event::Complete`.
+    Capture,
+    /// Stop in front of this message; it is not consumed.
+    Stop,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scanned {
+    /// Everything before this index is whole messages or the passing part of
+    /// a body; bytes after it are an incomplete header to keep.
+    Upto(usize),
+    /// The callback stopped in front of the message starting here.
+    Stopped(usize),
+}
+
+#[derive(Debug)]
+pub struct Framer {
+    /// Body bytes of the current message still to pass (0: at a boundary).
+    remaining: usize,
+    tag: u8,
+    capturing: bool,
+    capture: Vec<u8>,
+    capture_cap: usize,
+    max_len: u32,
+}
+
+impl Framer {
+    /// `max_len` caps the length field a peer may announce; `capture_cap`
+    /// bounds the copy of a captured body.
+    pub fn new(max_len: u32, capture_cap: usize) -> Self {
+        Framer {
+            remaining: 0,
+            tag: 0,
+            capturing: false,
+            capture: Vec::with_capacity(capture_cap.min(256)),
+            capture_cap,
+            max_len,
+        }
+    }
+
+    /// True between messages: nothing of a message has been consumed.
+    pub fn at_boundary(&self) -> bool {
+        self.remaining == 0
+    }
+
+    /// Walks `buf[from..]`. `from` must be where the previous call left off
+    /// (adjusted if the caller moved its buffer).
+    pub fn scan(
+        &mut self,
+        buf: &[u8],
+        from: usize,
+        mut on: impl FnMut(Event<'_>) -> Flow,
+    ) -> Result<Scanned, FrameError> {
+        let mut at = from;
+        loop {
+            if self.remaining > 0 {
+                let take = self.remaining.min(buf.len() - at);
+                if self.capturing {
+                    let room = self.capture_cap.saturating_sub(self.capture.len());
+                    self.capture
+                        .extend_from_slice(&buf[at..at + take.min(room)]);
+                }
+                at += take;
+                self.remaining -= take;
+                if self.remaining > 0 {
+                    return Ok(Scanned::Upto(at));
+                }
+                if self.capturing {
+                    self.capturing = false;
+                    on(Event::Complete {
+                        tag: self.tag,
+                        body: &self.capture,
+                    });
+                }
+            }
+            if buf.len() - at < HEADER_LEN {
+                return Ok(Scanned::Upto(at));
+            }
+            let tag = buf[at];
+            let len = u32::from_be_bytes([buf[at + 1], buf[at + 2], buf[at + 3], buf[at + 4]]);
+            if len < 4 {
+                return Err(FrameError::BadLength { tag, len });
+            }
+            if len > self.max_len {
+                return Err(FrameError::TooLong {
+                    tag,
+                    len,
+                    max: self.max_len,
+                });
+            }
+            match on(Event::Start {
+                tag,
+                len,
+                start: at,
+            }) {
+                Flow::Stop => return Ok(Scanned::Stopped(at)),
+                Flow::Skip => self.capturing = false,
+                Flow::Capture => {
+                    self.capturing = true;
+                    self.capture.clear();
+                }
+            }
+            self.tag = tag;
+            at += HEADER_LEN;
+            self.remaining = len as usize - 4;
+            if self.remaining == 0 && self.capturing {
+                self.capturing = false;
+                on(Event::Complete { tag, body: &[] });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![tag];
+        v.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    /// Feeds `stream` in pieces of `step` bytes the way a pipeline does:
+    /// unconsumed header bytes are carried over to the next piece.
+    fn run(stream: &[u8], step: usize, stop_at: u8) -> (Vec<u8>, Vec<(u8, Vec<u8>)>, usize) {
+        let mut f = Framer::new(1 << 20, 16);
+        let mut tags = Vec::new();
+        let mut bodies = Vec::new();
+        let mut buf: Vec<u8> = Vec::new();
+        let mut consumed_total = 0;
+        for piece in stream.chunks(step) {
+            buf.extend_from_slice(piece);
+            let r = f
+                .scan(&buf, 0, |e| match e {
+                    Event::Start { tag, .. } => {
+                        tags.push(tag);
+                        if tag == stop_at {
+                            Flow::Stop
+                        } else if tag == b'Z' || tag == b'E' {
+                            Flow::Capture
+                        } else {
+                            Flow::Skip
+                        }
+                    }
+                    Event::Complete { tag, body } => {
+                        bodies.push((tag, body.to_vec()));
+                        Flow::Skip
+                    }
+                })
+                .unwrap();
+            match r {
+                Scanned::Upto(n) => {
+                    consumed_total += n;
+                    buf.drain(..n);
+                }
+                Scanned::Stopped(n) => {
+                    consumed_total += n;
+                    return (tags, bodies, consumed_total);
+                }
+            }
+        }
+        (tags, bodies, consumed_total)
+    }
+
+    #[test]
+    fn finds_every_tag_whatever_the_split() {
+        let mut stream = msg(b'Q', b"select 1\0");
+        stream.extend(msg(b'Z', b"I"));
+        stream.extend(msg(b'D', &[7u8; 100]));
+        stream.extend(msg(b'E', b"SFATAL\0VFATAL\0C57P01\0\0"));
+        stream.extend(msg(b'S', b""));
+        for step in 1..=stream.len() {
+            let (tags, bodies, consumed) = run(&stream, step, 0);
+            assert_eq!(tags, b"QZDES", "step {step}");
+            assert_eq!(consumed, stream.len(), "step {step}");
+            assert_eq!(bodies[0], (b'Z', b"I".to_vec()));
+            // Capture is capped at 16 bytes.
+            assert_eq!(bodies[1].1, b"SFATAL\0VFATAL\0C5".to_vec());
+        }
+    }
+
+    #[test]
+    fn stops_exactly_in_front_of_a_message() {
+        let mut stream = msg(b'Q', b"select 1\0");
+        let x_at = stream.len();
+        stream.extend(msg(b'X', b""));
+        stream.extend(b"garbage after terminate");
+        for step in 1..=stream.len() {
+            let (tags, _, consumed) = run(&stream, step, b'X');
+            assert_eq!(tags, b"QX", "step {step}");
+            assert_eq!(consumed, x_at, "step {step}");
+        }
+    }
+
+    #[test]
+    fn empty_captured_body_completes() {
+        let stream = msg(b'Z', b"");
+        let (_, bodies, _) = run(&stream, 3, 0);
+        assert_eq!(bodies, vec![(b'Z', vec![])]);
+    }
+
+    #[test]
+    fn rejects_lengths_below_four_and_over_the_cap() {
+        let mut f = Framer::new(100, 8);
+        let bad = [b'Q', 0, 0, 0, 3];
+        assert_eq!(
+            f.scan(&bad, 0, |_| Flow::Skip),
+            Err(FrameError::BadLength { tag: b'Q', len: 3 })
+        );
+        let mut f = Framer::new(100, 8);
+        let big = [b'Q', 0x7f, 0xff, 0xff, 0xff];
+        assert!(matches!(
+            f.scan(&big, 0, |_| Flow::Skip),
+            Err(FrameError::TooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn boundary_is_tracked() {
+        let mut f = Framer::new(100, 8);
+        let m = msg(b'D', b"abcdef");
+        assert!(f.at_boundary());
+        assert_eq!(f.scan(&m[..7], 0, |_| Flow::Skip), Ok(Scanned::Upto(7)));
+        assert!(!f.at_boundary());
+        assert_eq!(f.scan(&m[7..], 0, |_| Flow::Skip), Ok(Scanned::Upto(4)));
+        assert!(f.at_boundary());
+    }
+}

@@ -1,0 +1,69 @@
+//! The client listeners: TCP on `host:port` and a Unix-domain socket
+//! `.s.PGSQL.<port>` in `unix_socket_dir`, like PostgreSQL's own.
+
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::path::{Path, PathBuf};
+
+use mio::net::{TcpListener, UnixListener};
+
+pub fn unix_socket_path(dir: &Path, port: u16) -> PathBuf {
+    dir.join(format!(".s.PGSQL.{port}"))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("cannot resolve listen address {host}: {source}")]
+    Resolve {
+        host: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{0} is in use by a running server")]
+    InUse(PathBuf),
+}
+
+pub fn tcp(host: &str, port: u16) -> Result<Vec<TcpListener>, ListenError> {
+    let addrs: Vec<SocketAddr> = if host == "*" {
+        vec![SocketAddr::from(([0, 0, 0, 0], port))]
+    } else {
+        (host, port)
+            .to_socket_addrs()
+            .map_err(|source| ListenError::Resolve {
+                host: host.to_string(),
+                source,
+            })?
+            .collect()
+    };
+    let mut out = Vec::new();
+    for a in addrs {
+        let l = TcpListener::bind(a).map_err(|source| ListenError::Bind {
+            addr: a.to_string(),
+            source,
+        })?;
+        out.push(l);
+    }
+    Ok(out)
+}
+
+/// Binds a Unix-domain listener, replacing a stale socket file left by a
+/// crashed process but never one a live server still answers on.
+pub fn unix(path: &Path) -> Result<UnixListener, ListenError> {
+    if path.exists() {
+        if StdUnixStream::connect(path).is_ok() {
+            return Err(ListenError::InUse(path.to_path_buf()));
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    UnixListener::bind(path).map_err(|source| ListenError::Bind {
+        addr: path.display().to_string(),
+        source,
+    })
+}

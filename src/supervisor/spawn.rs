@@ -1,0 +1,108 @@
+//! Forking a worker for an accepted client.
+//!
+//! This is the connect path's hot spot, so the child does as little as it
+//! can: it drops every descriptor it inherited except its client and the
+//! pooled-socket range with at most three `close_range` calls, and goes
+//! straight to serving. The parent only closes its copy of the client.
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use crate::pooled_sockets::PooledSockets;
+use crate::worker::{self, Context};
+
+pub enum Forked {
+    Parent(i32),
+}
+
+/// Forks; in the child, serves the client and exits (never returns).
+pub fn spawn_worker(ctx: &Context<'_>, client: OwnedFd, peer: &str) -> std::io::Result<Forked> {
+    // SAFETY: the supervisor is single-threaded, so the child is a complete
+    // copy with no lock held by a vanished thread. The child never returns
+    // into the supervisor's code: it leaves through _exit, so no destructor
+    // of a supervisor object runs against descriptors it closed.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if pid > 0 {
+        drop(client);
+        return Ok(Forked::Parent(pid));
+    }
+    crate::logging::before_closing_inherited();
+    close_inherited(
+        client.as_raw_fd(),
+        crate::logging::inherited_descriptor(),
+        ctx.sockets,
+    );
+    let status = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        worker::run(ctx, client, peer)
+    }))
+    .unwrap_or_else(|_| {
+        log::error!("{peer}: worker panicked");
+        2
+    });
+    // SAFETY: ends the child without unwinding into the supervisor's frames.
+    unsafe { libc::_exit(status) }
+}
+
+/// Closes everything from fd 3 up but the client, the log file and the
+/// pooled range.
+fn close_inherited(client: RawFd, log: Option<RawFd>, sockets: &PooledSockets) {
+    let log = log.unwrap_or(client);
+    for (lo, hi) in ranges_to_close([client, log], sockets.base(), sockets.end()) {
+        // SAFETY: close_range on numbers this process is done with; the
+        // pooled range and the client are excluded.
+        unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                lo as libc::c_uint,
+                hi as libc::c_uint,
+                0u32,
+            )
+        };
+    }
+}
+
+/// The inclusive ranges of [3, ∞) minus the `keep` descriptors and
+/// `[pool_lo, pool_hi)`.
+pub fn ranges_to_close(keep: [RawFd; 2], pool_lo: RawFd, pool_hi: RawFd) -> Vec<(u32, u32)> {
+    let mut kept = [
+        (keep[0], keep[0] + 1),
+        (keep[1], keep[1] + 1),
+        (pool_lo, pool_hi),
+    ];
+    kept.sort();
+    let mut out = Vec::with_capacity(4);
+    let mut from: i64 = 3;
+    for (lo, hi) in kept {
+        let (lo, hi) = (lo as i64, hi as i64);
+        if lo > from {
+            out.push((from as u32, (lo - 1) as u32));
+        }
+        from = from.max(hi);
+    }
+    out.push((from as u32, u32::MAX));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_skip_the_client_and_the_pool() {
+        assert_eq!(
+            ranges_to_close([9, 9], 1024, 1124),
+            vec![(3, 8), (10, 1023), (1124, u32::MAX)]
+        );
+        assert_eq!(
+            ranges_to_close([3, 3], 1024, 1124),
+            vec![(4, 1023), (1124, u32::MAX)]
+        );
+        // A client above the pool range, and a log file below the client.
+        assert_eq!(
+            ranges_to_close([2000, 5], 1024, 1124),
+            vec![(3, 4), (6, 1023), (1124, 1999), (2001, u32::MAX)]
+        );
+    }
+}
