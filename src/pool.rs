@@ -65,7 +65,7 @@ pub fn acquire(
         }
         let now = Instant::now();
         if now >= deadline {
-            return Err(PoolError::Timeout(deadline.saturating_duration_since(now)));
+            return Err(PoolError::Timeout(now - started));
         }
         seg.wait_for_change(seen, (deadline - now).min(MAX_NAP));
     }
