@@ -14,9 +14,11 @@
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
-/// Above the descriptors a supervisor normally has open, and low enough
-/// that the descriptor table a fork copies stays small.
-pub const POOL_FD_BASE: RawFd = 1024;
+/// Where the range starts. The placeholders keep the kernel from handing
+/// out these numbers, so the base need not clear anything; low keeps both
+/// the descriptor table a fork copies and the numbers a new worker's
+/// `close_range` walks (it visits every number below the range) small.
+pub const POOL_FD_BASE: RawFd = 64;
 
 pub struct PooledSockets {
     base: RawFd,

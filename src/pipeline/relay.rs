@@ -7,7 +7,9 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use crate::protocol::framer::{Event, Flow, FrameError, Framer, Scanned};
 
-pub const BUFFER_SIZE: usize = 64 * 1024;
+/// Large enough that a big result moves in few syscalls, small enough that a
+/// new worker does not fault in and zero much memory before its first query.
+pub const BUFFER_SIZE: usize = 16 * 1024;
 
 pub struct Relay {
     buf: Box<[u8]>,
