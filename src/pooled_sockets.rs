@@ -31,9 +31,15 @@ impl PooledSockets {
     /// Fills `POOL_FD_BASE..POOL_FD_BASE + count` with placeholders. The
     /// descriptor limit must already allow that range.
     pub fn new(count: usize) -> io::Result<Self> {
+        Self::new_at(POOL_FD_BASE, count)
+    }
+
+    /// As `new`, at another base; tests use a base far from the numbers
+    /// other tests in the same process are using.
+    pub fn new_at(base: RawFd, count: usize) -> io::Result<Self> {
         let placeholder: OwnedFd = std::fs::File::open("/dev/null")?.into();
         let table = PooledSockets {
-            base: POOL_FD_BASE,
+            base,
             generations: vec![0; count],
             placeholder,
         };
@@ -182,12 +188,11 @@ mod tests {
     use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
 
-    // One test owns the fixed range in this process; tests run as threads
-    // of one process, so a second table would fight over the numbers.
     #[test]
     fn install_get_close_cycle() {
-        ensure_fd_limit(4).unwrap();
-        let mut t = PooledSockets::new(4).unwrap();
+        // Far above anything the other tests of this process open.
+        ensure_fd_limit(4000).unwrap();
+        let mut t = PooledSockets::new_at(3000, 4).unwrap();
         assert_eq!(t.end() - t.base(), 4);
         let (ours, mut peer) = UnixStream::pair().unwrap();
         t.install(2, ours.into(), 7).unwrap();
