@@ -119,6 +119,10 @@ pub struct Slot {
     server: AtomicU32,
     backend_pid: AtomicI32,
     backend_key: AtomicI32,
+    /// Secret half of the BackendKeyData the current client was given; the
+    /// process id half is the owner's pid. Lets a CancelRequest find the
+    /// connection its client holds right now, and nothing else.
+    client_key: AtomicI32,
     created_ms: AtomicU64,
     last_used_ms: AtomicU64,
     identity: UnsafeCell<Identity>,
@@ -229,6 +233,15 @@ impl Slot {
     pub fn set_backend(&self, pid: i32, key: i32) {
         self.backend_pid.store(pid, Ordering::Release);
         self.backend_key.store(key, Ordering::Release);
+    }
+
+    pub fn client_key(&self) -> i32 {
+        self.client_key.load(Ordering::Acquire)
+    }
+
+    /// Owner only: the cancel key of the client now using the connection.
+    pub fn set_client_key(&self, key: i32) {
+        self.client_key.store(key, Ordering::Release);
     }
 
     pub fn created_ms(&self) -> u64 {

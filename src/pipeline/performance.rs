@@ -96,12 +96,12 @@ impl<'a> Performance<'a> {
             }
             let [c, s] = fds;
             if ready_to_read(c.revents) && self.c2s.has_room() {
-                if let Some(done) = self.from_client() {
+                if let Some(done) = self.on_client_readable() {
                     return done;
                 }
             }
             if ready_to_read(s.revents) && self.s2c.has_room() {
-                if let Some(done) = self.from_server() {
+                if let Some(done) = self.on_server_readable() {
                     return done;
                 }
             }
@@ -118,7 +118,7 @@ impl<'a> Performance<'a> {
         }
     }
 
-    fn from_client(&mut self) -> Option<Outcome> {
+    fn on_client_readable(&mut self) -> Option<Outcome> {
         match self.c2s.fill(self.client) {
             Ok(0) => return Some(Outcome::ClientClosed),
             Ok(_) => {}
@@ -151,7 +151,7 @@ impl<'a> Performance<'a> {
         }
     }
 
-    fn from_server(&mut self) -> Option<Outcome> {
+    fn on_server_readable(&mut self) -> Option<Outcome> {
         match self.s2c.fill(self.server) {
             Ok(0) => return Some(Outcome::ServerClosed),
             Ok(_) => {}

@@ -102,8 +102,10 @@ mod tests {
 
     #[test]
     fn fatal_or_half_passed_stream_is_dirty() {
-        let mut s = SessionState::default();
-        s.server_fatal = true;
+        let s = SessionState {
+            server_fatal: true,
+            ..SessionState::default()
+        };
         assert!(!s.is_clean());
         let s = SessionState {
             streams_idle: false,

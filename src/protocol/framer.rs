@@ -158,9 +158,12 @@ mod tests {
         v
     }
 
+    /// Tags seen, captured bodies, bytes consumed.
+    type Run = (Vec<u8>, Vec<(u8, Vec<u8>)>, usize);
+
     /// Feeds `stream` in pieces of `step` bytes the way a pipeline does:
     /// unconsumed header bytes are carried over to the next piece.
-    fn run(stream: &[u8], step: usize, stop_at: u8) -> (Vec<u8>, Vec<(u8, Vec<u8>)>, usize) {
+    fn run(stream: &[u8], step: usize, stop_at: u8) -> Run {
         let mut f = Framer::new(1 << 20, 16);
         let mut tags = Vec::new();
         let mut bodies = Vec::new();

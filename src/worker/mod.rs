@@ -1,6 +1,7 @@
 //! A worker serves one client, in a process the supervisor forked for it:
 //! start-up, a slot, the pipeline, and the slot back (or thrown away).
 
+pub mod cancel;
 pub mod client_startup;
 pub mod io;
 pub mod server_connect;
@@ -124,10 +125,20 @@ fn serve(ctx: &Context<'_>, client: BorrowedFd<'_>, peer: &str) -> Result<(), Wo
     };
     let startup = match start {
         ClientStart::Startup(s) => s,
-        ClientStart::Cancel { .. } => {
-            // Routing cancel requests needs per-client keys; until then a
-            // cancel is dropped, as PostgreSQL does with an unknown key.
-            log::debug!("{peer}: cancel request ignored");
+        ClientStart::Cancel {
+            process_id,
+            secret_key,
+        } => {
+            // As PostgreSQL does, the sender learns nothing either way.
+            let found = cancel::route(ctx.config, ctx.segment, process_id, secret_key);
+            log::debug!(
+                "{peer}: cancel request for {process_id} {}",
+                if found {
+                    "forwarded"
+                } else {
+                    "matched no session"
+                }
+            );
             return Ok(());
         }
     };
@@ -186,12 +197,15 @@ fn serve(ctx: &Context<'_>, client: BorrowedFd<'_>, peer: &str) -> Result<(), Wo
         }
     );
 
+    let secret = cancel::new_secret();
+    slot.set_client_key(secret);
     out.clear();
     protocol::authentication_ok(&mut out);
-    out.extend_from_slice(slot.startup());
+    cancel::startup_for_client(slot.startup(), me, secret, &mut out);
     protocol::ready_for_query(&mut out, b'I');
     if let Err(e) = io::write_all(client, &out) {
         // The client left before its session began; the connection is clean.
+        slot.set_client_key(0);
         pool::release(ctx.segment, slot_index, me);
         return Err(WorkerError::ClientProtocol(e.into()));
     }
@@ -203,6 +217,7 @@ fn serve(ctx: &Context<'_>, client: BorrowedFd<'_>, peer: &str) -> Result<(), Wo
         Outcome::Shutdown => {}
         other => log::warn!("{peer}: session ended: {other:?}"),
     }
+    slot.set_client_key(0);
     if reusable {
         pool::release(ctx.segment, slot_index, me);
     } else {
