@@ -1,6 +1,7 @@
 //! pgcorral: a PostgreSQL connection pooler built on a forking supervisor,
 //! a shared table of server-connection slots, and pluggable pipelines.
 
+pub mod auth;
 pub mod config;
 pub mod logging;
 pub mod management;
@@ -12,3 +13,4 @@ pub mod segment;
 pub mod slot;
 pub mod supervisor;
 pub mod worker;
+pub mod vault;
