@@ -40,16 +40,24 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    for (flag, given) in [
-        ("-a (hba file)", args.hba.is_some()),
-        ("-u (user vault)", args.users.is_some()),
-        ("--upgrade", args.upgrade),
-    ] {
-        if given {
-            eprintln!("pgcorral: {flag} is not available in this version");
+    if args.upgrade {
+        eprintln!("pgcorral: --upgrade is not available in this version");
+        return ExitCode::from(1);
+    }
+    let mut config = config;
+    if let Some(hba) = args.hba {
+        config.main.hba_file = Some(hba);
+    }
+    if let Some(users) = args.users {
+        config.main.users_file = Some(users);
+    }
+    let credentials = match pgcorral::credentials::load(&config.main) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pgcorral: {e}");
             return ExitCode::from(1);
         }
-    }
+    };
     if let Err(e) = pgcorral::pipeline::resolve(config.main.pipeline) {
         eprintln!("pgcorral: {}: {e}", args.config.display());
         return ExitCode::from(1);
@@ -69,7 +77,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     }
-    let supervisor = match Supervisor::new(config) {
+    let supervisor = match Supervisor::new(config, credentials) {
         Ok(s) => s,
         Err(e) => {
             log::error!("{e}");

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod credentials;
 pub mod logging;
 pub mod management;
 pub mod pipeline;
@@ -12,5 +13,5 @@ pub mod protocol;
 pub mod segment;
 pub mod slot;
 pub mod supervisor;
-pub mod worker;
 pub mod vault;
+pub mod worker;

@@ -18,6 +18,8 @@ pub const NAME_CAPACITY: usize = 64;
 /// Room for the server's ParameterStatus and BackendKeyData messages, which
 /// are replayed to every client that is given this connection.
 pub const STARTUP_CAPACITY: usize = 4096;
+/// Room for an encoded authentication proof.
+pub const PROOF_CAPACITY: usize = 48;
 
 /// Owner pid recorded for slots nobody holds.
 pub const NO_OWNER: i32 = 0;
@@ -99,6 +101,14 @@ struct Identity {
     user: [u8; NAME_CAPACITY],
 }
 
+/// What the client that opened the connection proved (see
+/// `worker::auth_proof`), for checking later clients.
+#[repr(C)]
+struct ProofBlob {
+    len: u32,
+    bytes: [u8; PROOF_CAPACITY],
+}
+
 #[repr(C)]
 struct StartupBlob {
     len: u32,
@@ -127,6 +137,7 @@ pub struct Slot {
     last_used_ms: AtomicU64,
     identity: UnsafeCell<Identity>,
     startup: UnsafeCell<StartupBlob>,
+    proof: UnsafeCell<ProofBlob>,
 }
 
 // SAFETY: every shared field is atomic; the two UnsafeCell fields are written
@@ -319,6 +330,25 @@ impl Slot {
         blob.bytes[..bytes.len()].copy_from_slice(bytes);
         blob.len = bytes.len() as u32;
         true
+    }
+
+    /// Stores the authentication proof. Owner only; false if too large.
+    pub fn set_proof(&self, bytes: &[u8]) -> bool {
+        if bytes.len() > PROOF_CAPACITY {
+            return false;
+        }
+        // SAFETY: only the owner writes the proof (see `set_identity`).
+        let blob = unsafe { &mut *self.proof.get() };
+        blob.bytes[..bytes.len()].copy_from_slice(bytes);
+        blob.len = bytes.len() as u32;
+        true
+    }
+
+    /// The authentication proof. Owner only.
+    pub fn proof(&self) -> &[u8] {
+        // SAFETY: as for `startup`.
+        let blob = unsafe { &*self.proof.get() };
+        &blob.bytes[..(blob.len as usize).min(PROOF_CAPACITY)]
     }
 
     /// The server's start-up messages. Owner only.

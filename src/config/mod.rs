@@ -69,6 +69,17 @@ pub struct MainConfig {
     pub management: u16,
     /// Prometheus HTTP port; zero is off.
     pub metrics: u16,
+    /// Host-based access rules (pg_hba.conf syntax); `-a` overrides it.
+    /// Without one, every client is let through to PostgreSQL's own checks.
+    pub hba_file: Option<PathBuf>,
+    /// User vault: passwords pgcorral uses towards PostgreSQL (and, unless a
+    /// frontend file says otherwise, expects from clients); `-u` overrides.
+    pub users_file: Option<PathBuf>,
+    /// Passwords clients must give pgcorral, when they differ from the ones
+    /// pgcorral gives PostgreSQL.
+    pub frontend_users_file: Option<PathBuf>,
+    /// Key that decrypts the vault files; default `~/.pgcorral/master.key`.
+    pub master_key_file: Option<PathBuf>,
 }
 
 impl Default for MainConfig {
@@ -89,6 +100,10 @@ impl Default for MainConfig {
             log_path: None,
             management: 0,
             metrics: 0,
+            hba_file: None,
+            users_file: None,
+            frontend_users_file: None,
+            master_key_file: None,
         }
     }
 }
@@ -341,9 +356,6 @@ impl Config {
         }
         if main.validation != Validation::Off {
             keys.push("validation");
-        }
-        if main.authentication_timeout != DEFAULT_AUTHENTICATION_TIMEOUT {
-            keys.push("authentication_timeout");
         }
         if main.management != 0 {
             keys.push("management");

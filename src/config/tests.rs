@@ -459,7 +459,6 @@ min_size = 2
             "idle_timeout",
             "max_connection_age",
             "validation",
-            "authentication_timeout",
             "management",
             "metrics",
             "limit.initial_size",

@@ -25,7 +25,8 @@ use crate::management;
 use crate::management::server::Connection;
 use crate::pooled_sockets::{self, PooledSockets};
 use crate::segment::{Segment, SegmentError};
-use crate::worker::Context;
+use crate::worker::client_auth::Credentials;
+use crate::worker::{Context, Peer};
 
 const SIGNALS: Token = Token(0);
 const MANAGEMENT: Token = Token(1);
@@ -71,10 +72,11 @@ pub struct Supervisor {
     next_connection: usize,
     workers: HashSet<i32>,
     mode: Mode,
+    credentials: Credentials,
 }
 
 impl Supervisor {
-    pub fn new(config: Config) -> Result<Self, SupervisorError> {
+    pub fn new(config: Config, credentials: Credentials) -> Result<Self, SupervisorError> {
         let main = &config.main;
         pooled_sockets::ensure_fd_limit(main.max_connections)
             .map_err(SupervisorError::Descriptors)?;
@@ -128,6 +130,7 @@ impl Supervisor {
             next_connection: CONNECTION_FIRST,
             workers: HashSet::new(),
             mode: Mode::Running,
+            credentials,
         })
     }
 
@@ -195,6 +198,7 @@ impl Supervisor {
             segment: &self.segment,
             sockets: &self.sockets,
             management_path: &self.management_path,
+            credentials: &self.credentials,
         }
     }
 
@@ -204,7 +208,7 @@ impl Supervisor {
                 return;
             };
             match listener.accept() {
-                Ok((stream, addr)) => self.spawn(stream.into(), &addr.to_string()),
+                Ok((stream, addr)) => self.spawn(stream.into(), Peer { addr: Some(addr) }),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
                     log::warn!("accept: {e}");
@@ -220,7 +224,7 @@ impl Supervisor {
                 return;
             };
             match listener.accept() {
-                Ok((stream, _)) => self.spawn(stream.into(), "[local]"),
+                Ok((stream, _)) => self.spawn(stream.into(), Peer { addr: None }),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
                     log::warn!("accept: {e}");
@@ -230,8 +234,8 @@ impl Supervisor {
         }
     }
 
-    fn spawn(&mut self, client: OwnedFd, peer: &str) {
-        match spawn::spawn_worker(&self.context(), client, peer) {
+    fn spawn(&mut self, client: OwnedFd, peer: Peer) {
+        match spawn::spawn_worker(&self.context(), client, &peer) {
             Ok(spawn::Forked::Parent(pid)) => {
                 self.workers.insert(pid);
             }

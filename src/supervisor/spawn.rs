@@ -8,14 +8,14 @@
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use crate::pooled_sockets::PooledSockets;
-use crate::worker::{self, Context};
+use crate::worker::{self, Context, Peer};
 
 pub enum Forked {
     Parent(i32),
 }
 
 /// Forks; in the child, serves the client and exits (never returns).
-pub fn spawn_worker(ctx: &Context<'_>, client: OwnedFd, peer: &str) -> std::io::Result<Forked> {
+pub fn spawn_worker(ctx: &Context<'_>, client: OwnedFd, peer: &Peer) -> std::io::Result<Forked> {
     // SAFETY: the supervisor is single-threaded, so the child is a complete
     // copy with no lock held by a vanished thread. The child never returns
     // into the supervisor's code: it leaves through _exit, so no destructor

@@ -1,7 +1,9 @@
 //! A worker serves one client, in a process the supervisor forked for it:
 //! start-up, a slot, the pipeline, and the slot back (or thrown away).
 
+pub mod auth_proof;
 pub mod cancel;
+pub mod client_auth;
 pub mod client_startup;
 pub mod io;
 pub mod server_connect;
@@ -20,8 +22,25 @@ use crate::pool::{self, Acquired, PoolError, Want};
 use crate::pooled_sockets::PooledSockets;
 use crate::protocol::{self, sqlstate, ErrorResponse, ProtocolError};
 use crate::segment::Segment;
+use auth_proof::AuthProof;
+use client_auth::{Admission, AuthError, Credentials};
 use client_startup::ClientStart;
-use server_connect::ServerError;
+use server_connect::{Login, ServerError};
+
+/// Where a client came from: an address for TCP, none for the Unix socket.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub addr: Option<std::net::SocketAddr>,
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.addr {
+            Some(a) => write!(f, "{a}"),
+            None => f.write_str("[local]"),
+        }
+    }
+}
 
 /// What a worker inherits from the supervisor. Everything is borrowed from
 /// the supervisor's memory, which the fork copied.
@@ -30,6 +49,7 @@ pub struct Context<'a> {
     pub segment: &'a Segment,
     pub sockets: &'a PooledSockets,
     pub management_path: &'a Path,
+    pub credentials: &'a Credentials,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +58,8 @@ pub enum WorkerError {
     ClientProtocol(#[source] ProtocolError),
     #[error("client did not complete start-up within {0:?}")]
     StartupTimeout(Duration),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     #[error(transparent)]
     Pool(#[from] PoolError),
     #[error(transparent)]
@@ -56,6 +78,7 @@ impl WorkerError {
         }
         Some(match self {
             WorkerError::StartupTimeout(_) => return None,
+            WorkerError::Auth(e) => return e.response(),
             WorkerError::ClientProtocol(ProtocolError::Eof | ProtocolError::Io(_)) => return None,
             WorkerError::ClientProtocol(e) => fatal(e.sqlstate(), e.to_string()),
             WorkerError::Pool(PoolError::Timeout(_)) => fatal(
@@ -83,7 +106,7 @@ impl WorkerError {
 }
 
 /// Serves the client and returns the process exit status.
-pub fn run(ctx: &Context<'_>, client: OwnedFd, peer: &str) -> i32 {
+pub fn run(ctx: &Context<'_>, client: OwnedFd, peer: &Peer) -> i32 {
     signals::install(client.as_raw_fd());
     match serve(ctx, client.as_fd(), peer) {
         Ok(()) => 0,
@@ -105,7 +128,7 @@ pub fn run(ctx: &Context<'_>, client: OwnedFd, peer: &str) -> i32 {
     }
 }
 
-fn serve(ctx: &Context<'_>, client: BorrowedFd<'_>, peer: &str) -> Result<(), WorkerError> {
+fn serve(ctx: &Context<'_>, client: BorrowedFd<'_>, peer: &Peer) -> Result<(), WorkerError> {
     let main = &ctx.config.main;
     io::set_nodelay(client);
     // Sockets from the listener are non-blocking; start-up is easier
@@ -144,6 +167,15 @@ fn serve(ctx: &Context<'_>, client: BorrowedFd<'_>, peer: &str) -> Result<(), Wo
     };
     let user = startup.user().unwrap_or_default().to_string();
     let database = startup.database().to_string();
+    let admission = match client_auth::admit(ctx.credentials, client, peer, &user, &database) {
+        Ok(a) => a,
+        Err(AuthError::Client(ProtocolError::Io(e)))
+            if e.kind() == std::io::ErrorKind::WouldBlock =>
+        {
+            return Err(WorkerError::StartupTimeout(startup_limit))
+        }
+        Err(e) => return Err(e.into()),
+    };
     let me = std::process::id() as i32;
     let want = Want {
         database: &database,
@@ -160,6 +192,18 @@ fn serve(ctx: &Context<'_>, client: BorrowedFd<'_>, peer: &str) -> Result<(), Wo
 
     // `owned` keeps a socket this worker opened or was sent; an inherited
     // pooled socket is borrowed from the range the fork copied.
+    if let (Acquired::Pooled(i), Admission::PassThrough { trusted: false }) = (got, &admission) {
+        let proof = AuthProof::decode(slot.proof());
+        if let Err(e) = client_auth::check_pooled(client, &user, &proof) {
+            // Nothing reached the server: the connection goes back untouched.
+            if proof == AuthProof::NotReusable {
+                pool::discard(ctx.segment, i, me);
+            } else {
+                pool::release(ctx.segment, i, me);
+            }
+            return Err(e.into());
+        }
+    }
     let owned: Option<OwnedFd> = match got {
         Acquired::Pooled(i) if ctx.sockets.get(i, slot.generation()).is_some() => None,
         Acquired::Pooled(i) => match fetch_socket(ctx, i) {
@@ -169,7 +213,7 @@ fn serve(ctx: &Context<'_>, client: BorrowedFd<'_>, peer: &str) -> Result<(), Wo
                 return Err(e);
             }
         },
-        Acquired::New(i) => match open_new(ctx, i, me, &database, &user) {
+        Acquired::New(i) => match open_new(ctx, i, me, &startup, &admission, client) {
             Ok(fd) => Some(fd),
             Err(e) => {
                 pool::abandon_new(ctx.segment, i, me);
@@ -211,7 +255,8 @@ fn serve(ctx: &Context<'_>, client: BorrowedFd<'_>, peer: &str) -> Result<(), Wo
     }
 
     let outcome = run_pipeline(client, server);
-    let reusable = outcome.0.leaves_server_reusable(&outcome.1);
+    let reusable = outcome.0.leaves_server_reusable(&outcome.1)
+        && AuthProof::decode(slot.proof()) != AuthProof::NotReusable;
     match &outcome.0 {
         Outcome::ClientTerminated | Outcome::ClientClosed | Outcome::ServerClosed => {}
         Outcome::Shutdown => {}
@@ -298,15 +343,34 @@ fn open_new(
     ctx: &Context<'_>,
     index: usize,
     me: i32,
-    database: &str,
-    user: &str,
+    startup: &protocol::StartupMessage,
+    admission: &Admission,
+    client: BorrowedFd<'_>,
 ) -> Result<OwnedFd, WorkerError> {
     let slot = &ctx.segment.slots()[index];
     let timeout = connect_timeout(ctx);
-    let conn = server_connect::connect(ctx.config.primary_server(), user, database, timeout)?;
+    let login = match admission {
+        Admission::Vault { server_password } => Login::Password(server_password),
+        Admission::PassThrough { .. } => Login::Relay(client),
+    };
+    let user = startup.user().unwrap_or_default();
+    let (conn, proof) = server_connect::connect(
+        ctx.config.primary_server(),
+        user,
+        startup.database(),
+        &startup.params,
+        login,
+        timeout,
+    )?;
+    let proof = match admission {
+        // pgcorral checked the client itself; later vault clients are too.
+        Admission::Vault { .. } => AuthProof::Nothing,
+        Admission::PassThrough { .. } => proof,
+    };
     if !slot.set_startup(&conn.startup) {
         return Err(WorkerError::StartupTooLarge(conn.startup.len()));
     }
+    slot.set_proof(&proof.encode());
     slot.set_backend(conn.backend_pid, conn.backend_key);
     let generation = slot.bump_generation();
     // The supervisor must hold the socket before the slot can become FREE:

@@ -5,13 +5,18 @@
 
 use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
+use super::auth_proof::AuthProof;
 use super::io::{set_nodelay, set_timeouts, write_all, FdIo};
+use crate::auth::md5;
+use crate::auth::scram::{self, ScramClient, ScramError};
 use crate::config::ServerConfig;
+use crate::protocol::frontend;
 use crate::protocol::tag::backend;
+use crate::protocol::tag::frontend as frontend_tag;
 use crate::protocol::{self, AuthRequest, ErrorResponse, ProtocolError, StartupMessage};
 
 /// Start-up messages from the server are small; anything bigger is not a
@@ -44,41 +49,86 @@ pub enum ServerError {
     Protocol(#[from] ProtocolError),
     #[error("server sent unexpected message '{}' during start-up", *.0 as char)]
     Unexpected(u8),
+    #[error("authenticating to the server: {0}")]
+    Auth(String),
+    #[error("SCRAM towards the server: {0}")]
+    Scram(#[source] ScramError),
+    #[error("client during relayed authentication: {0}")]
+    Client(#[source] ProtocolError),
+}
+
+/// How pgcorral answers the server's authentication request.
+pub enum Login<'a> {
+    /// pgcorral knows no password: the server must not ask for one.
+    Trust,
+    /// pgcorral logs in with this password (from the vault).
+    Password(&'a str),
+    /// The client answers: each challenge is relayed to it and its answer
+    /// to the server (pass-through for users not in the vault).
+    Relay(BorrowedFd<'a>),
+}
+
+/// Client answers during a relayed exchange are passwords or SASL
+/// messages; anything longer is not an answer.
+const MAX_CLIENT_ANSWER: usize = 16 * 1024;
+
+/// Client start-up parameters that are pgcorral's business, not the
+/// server's: identity is sent separately, protocol options are negotiated
+/// by pgcorral, and replication connections are not pooled.
+fn forwarded(name: &str) -> bool {
+    !matches!(name, "user" | "database" | "replication") && !name.starts_with("_pq_.")
 }
 
 pub fn connect(
     server: &ServerConfig,
     user: &str,
     database: &str,
+    params: &[(String, String)],
+    login: Login<'_>,
     timeout: Duration,
-) -> Result<ServerConnection, ServerError> {
+) -> Result<(ServerConnection, AuthProof), ServerError> {
     let fd = open_socket(server, timeout)?;
     set_timeouts(fd.as_fd(), Some(timeout)).map_err(ProtocolError::Io)?;
 
-    let mut out = Vec::with_capacity(128);
-    StartupMessage::new(vec![
+    let mut out = Vec::with_capacity(256);
+    let mut all = vec![
         ("user".to_string(), user.to_string()),
         ("database".to_string(), database.to_string()),
-    ])
-    .encode(&mut out);
+    ];
+    all.extend(params.iter().filter(|(k, _)| forwarded(k)).cloned());
+    StartupMessage::new(all).encode(&mut out);
     write_all(fd.as_fd(), &out).map_err(ProtocolError::Io)?;
 
     let mut startup = Vec::with_capacity(512);
     let mut backend_pid = 0;
     let mut backend_key = 0;
+    let mut proof = AuthProof::Nothing;
+    let mut scram: Option<ScramClient> = None;
     let mut io = FdIo(fd.as_fd());
     loop {
         let msg = protocol::read_message(&mut io, MAX_STARTUP_MESSAGE)?;
         match msg.tag {
-            backend::AUTHENTICATION => match protocol::parse_authentication(&msg.body)? {
-                AuthRequest::Ok => {}
-                AuthRequest::CleartextPassword => {
-                    return Err(ServerError::AuthUnsupported("password"))
+            backend::AUTHENTICATION => {
+                let request = protocol::parse_authentication(&msg.body)?;
+                if matches!(request, AuthRequest::Ok) {
+                    continue;
                 }
-                AuthRequest::Md5Password { .. } => return Err(ServerError::AuthUnsupported("md5")),
-                AuthRequest::Sasl { .. } => return Err(ServerError::AuthUnsupported("SASL")),
-                _ => return Err(ServerError::AuthUnsupported("an unknown method of")),
-            },
+                out.clear();
+                match &login {
+                    Login::Trust => {
+                        return Err(ServerError::AuthUnsupported(method_name(&request)))
+                    }
+                    Login::Password(pw) => {
+                        answer_with_password(&request, pw, user, &mut scram, &mut out)?
+                    }
+                    Login::Relay(client) => {
+                        proof = relay(*client, &msg.body, &request, &mut out)?.unwrap_or(proof)
+                    }
+                }
+                if !out.is_empty() {
+                    write_all(fd.as_fd(), &out).map_err(ProtocolError::Io)?;
+                }
+            }
             backend::PARAMETER_STATUS => append_raw(&mut startup, msg.tag, &msg.body),
             backend::BACKEND_KEY_DATA => {
                 let (pid, key) = protocol::parse_backend_key_data(&msg.body)?;
@@ -95,12 +145,100 @@ pub fn connect(
         }
     }
     set_timeouts(fd.as_fd(), None).map_err(ProtocolError::Io)?;
-    Ok(ServerConnection {
-        fd,
-        startup,
-        backend_pid,
-        backend_key,
-    })
+    Ok((
+        ServerConnection {
+            fd,
+            startup,
+            backend_pid,
+            backend_key,
+        },
+        proof,
+    ))
+}
+
+fn method_name(request: &AuthRequest) -> &'static str {
+    match request {
+        AuthRequest::CleartextPassword => "password",
+        AuthRequest::Md5Password { .. } => "md5",
+        AuthRequest::Sasl { .. } | AuthRequest::SaslContinue(_) | AuthRequest::SaslFinal(_) => {
+            "SCRAM-SHA-256"
+        }
+        _ => "an unsupported method of",
+    }
+}
+
+/// pgcorral logs in itself with a vault password.
+fn answer_with_password(
+    request: &AuthRequest,
+    password: &str,
+    user: &str,
+    scram: &mut Option<ScramClient>,
+    out: &mut Vec<u8>,
+) -> Result<(), ServerError> {
+    match request {
+        AuthRequest::CleartextPassword => frontend::password(out, password.as_bytes()),
+        AuthRequest::Md5Password { salt } => {
+            let r = md5::md5_response(password.as_bytes(), user, salt)
+                .map_err(|e| ServerError::Auth(e.to_string()))?;
+            frontend::password(out, r.as_bytes());
+        }
+        AuthRequest::Sasl { mechanisms } => {
+            if !mechanisms.iter().any(|m| m == scram::SCRAM_SHA_256) {
+                return Err(ServerError::AuthUnsupported("SASL (without SCRAM-SHA-256)"));
+            }
+            let mut client = ScramClient::new(password.as_bytes()).map_err(ServerError::Scram)?;
+            let first = client.client_first();
+            frontend::sasl_initial_response(out, scram::SCRAM_SHA_256, Some(&first));
+            *scram = Some(client);
+        }
+        AuthRequest::SaslContinue(data) => {
+            let client = scram.as_mut().ok_or(ServerError::Unexpected(b'R'))?;
+            let last = client.server_first(data).map_err(ServerError::Scram)?;
+            frontend::sasl_response(out, &last);
+        }
+        AuthRequest::SaslFinal(data) => {
+            let client = scram.as_ref().ok_or(ServerError::Unexpected(b'R'))?;
+            // A server that cannot prove it knows the verifier is not ours.
+            client.server_final(data).map_err(ServerError::Scram)?;
+        }
+        _ => return Err(ServerError::AuthUnsupported(method_name(request))),
+    }
+    Ok(())
+}
+
+/// Relays one challenge to the client and its answer back into `out`.
+/// Returns what the client proved, when the exchange reveals it.
+fn relay(
+    client: BorrowedFd<'_>,
+    body: &[u8],
+    request: &AuthRequest,
+    out: &mut Vec<u8>,
+) -> Result<Option<AuthProof>, ServerError> {
+    let mut challenge = Vec::with_capacity(body.len() + 5);
+    protocol::write_message(&mut challenge, backend::AUTHENTICATION, |b| {
+        b.extend_from_slice(body)
+    });
+    write_all(client, &challenge).map_err(|e| ServerError::Client(e.into()))?;
+    if matches!(request, AuthRequest::SaslFinal(_)) {
+        // The client does not answer SASLFinal; AuthenticationOk follows.
+        return Ok(None);
+    }
+    let answer = protocol::read_message(&mut FdIo(client), MAX_CLIENT_ANSWER)
+        .map_err(ServerError::Client)?;
+    if answer.tag != frontend_tag::PASSWORD {
+        return Err(ServerError::Client(ProtocolError::Malformed {
+            what: "authentication: expected a password message",
+        }));
+    }
+    protocol::write_message(out, answer.tag, |b| b.extend_from_slice(&answer.body));
+    let password = answer.body.strip_suffix(&[0]).unwrap_or(&answer.body);
+    Ok(Some(match request {
+        AuthRequest::CleartextPassword => AuthProof::of_password(password),
+        AuthRequest::Md5Password { salt } => {
+            AuthProof::of_md5(*salt, password).unwrap_or(AuthProof::NotReusable)
+        }
+        _ => AuthProof::NotReusable,
+    }))
 }
 
 fn open_socket(server: &ServerConfig, timeout: Duration) -> Result<OwnedFd, ServerError> {

@@ -1,0 +1,63 @@
+//! Authentication building blocks: host-based access rules, PostgreSQL's md5
+//! password scheme and SCRAM-SHA-256 for both ends of a connection.
+//!
+//! Everything here is pure: state machines and functions over bytes, no
+//! sockets. The worker drives them with the messages of
+//! [`crate::protocol`] (see `doc/SECURITY.md` for how they fit together).
+
+pub mod hba;
+pub mod md5;
+pub mod scram;
+
+pub use hba::{ConnKind, Hba, HbaError, HbaRule, Method};
+pub use scram::{ClientKey, ScramClient, ScramError, ScramServer, ScramVerifier};
+
+/// The message PostgreSQL sends (with SQLSTATE 28P01) when a password does
+/// not match, whatever the method. An unknown user gets exactly the same
+/// text, so that a client cannot tell which user names exist.
+pub fn password_failed_message(user: &str) -> String {
+    format!("password authentication failed for user \"{user}\"")
+}
+
+/// Compares two secrets (passwords, md5 responses, proofs) in time that
+/// depends only on their lengths, so that a client timing our answers learns
+/// nothing about how many leading bytes it got right. The lengths themselves
+/// are not secret: every response format here has a fixed length, and a
+/// cleartext password's length is revealed by the message carrying it.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    // openssl::memcmp::eq panics on a length mismatch, so that case is
+    // answered here before it is reached.
+    a.len() == b.len() && openssl::memcmp::eq(a, b)
+}
+
+/// Overwrites a secret in a way the optimizer may not remove as a dead
+/// store, so that it does not linger in freed memory or a core dump.
+pub(crate) fn wipe(buf: &mut [u8]) {
+    for b in buf.iter_mut() {
+        // SAFETY: `b` is a valid, aligned, exclusive reference.
+        unsafe { std::ptr::write_volatile(b, 0) };
+    }
+    std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_eq_compares_contents_and_lengths() {
+        assert!(constant_time_eq(b"", b""));
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+
+    #[test]
+    fn password_failed_message_matches_postgresql() {
+        assert_eq!(
+            password_failed_message("alice"),
+            "password authentication failed for user \"alice\""
+        );
+    }
+}

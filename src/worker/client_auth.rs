@@ -1,0 +1,239 @@
+//! Who may in, and how a client proves its password: hba rules first; then
+//! pgcorral checks users of the vault itself, and for every other user the
+//! server decides (pass-through), with a pooled connection handed to a later
+//! client only once it proved what the first one proved.
+
+use std::collections::HashMap;
+use std::os::fd::BorrowedFd;
+
+use super::auth_proof::AuthProof;
+use super::io::{write_all, FdIo};
+use super::Peer;
+use crate::auth::hba::{ConnKind, Hba, Method};
+use crate::auth::scram::{self, ScramServer, ScramVerifier};
+use crate::auth::{constant_time_eq, md5, password_failed_message};
+use crate::protocol::tag::frontend as frontend_tag;
+use crate::protocol::{self, sqlstate, AuthRequest, ErrorResponse, ProtocolError};
+
+/// Loaded by the supervisor before it forks, so workers inherit it.
+#[derive(Debug, Default, Clone)]
+pub struct Credentials {
+    pub hba: Option<Hba>,
+    /// Vault: passwords pgcorral uses towards PostgreSQL.
+    pub server_passwords: HashMap<String, String>,
+    /// Frontend vault: passwords clients give pgcorral, when different.
+    pub client_passwords: HashMap<String, String>,
+}
+
+/// The outcome of admission.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// A vault user whose password pgcorral checked (or whom hba trusts):
+    /// pgcorral logs in to PostgreSQL with the vault password.
+    Vault { server_password: String },
+    /// Not in the vault: PostgreSQL decides. `trusted` when hba says trust,
+    /// which lets the client use a pooled connection without a password.
+    PassThrough { trusted: bool },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("{0}")]
+    Refused(String),
+    #[error("password authentication failed for user \"{0}\"")]
+    BadPassword(String),
+    #[error("client during authentication: {0}")]
+    Client(#[from] ProtocolError),
+    #[error("authentication: {0}")]
+    Internal(String),
+}
+
+impl AuthError {
+    pub fn response(&self) -> Option<ErrorResponse> {
+        Some(match self {
+            AuthError::Refused(m) => {
+                ErrorResponse::fatal(sqlstate::INVALID_AUTHORIZATION_SPECIFICATION, m.clone())
+            }
+            AuthError::BadPassword(user) => {
+                ErrorResponse::fatal(sqlstate::INVALID_PASSWORD, password_failed_message(user))
+            }
+            AuthError::Client(ProtocolError::Eof | ProtocolError::Io(_)) => return None,
+            AuthError::Client(e) => ErrorResponse::fatal(e.sqlstate(), e.to_string()),
+            AuthError::Internal(m) => ErrorResponse::fatal(sqlstate::INTERNAL_ERROR, m.clone()),
+        })
+    }
+}
+
+/// Client answers are passwords or SASL messages.
+const MAX_ANSWER: usize = 16 * 1024;
+
+pub fn admit(
+    creds: &Credentials,
+    client: BorrowedFd<'_>,
+    peer: &Peer,
+    user: &str,
+    database: &str,
+) -> Result<Admission, AuthError> {
+    let method = match &creds.hba {
+        None => Method::All,
+        Some(hba) => {
+            let conn = match peer.addr {
+                Some(a) => ConnKind::Host {
+                    addr: a.ip(),
+                    ssl: false,
+                },
+                None => ConnKind::Local,
+            };
+            let host = peer
+                .addr
+                .map(|a| format!("host \"{}\"", a.ip()))
+                .unwrap_or_else(|| "local connection".to_string());
+            let rule = hba.find(conn, database, user).ok_or_else(|| {
+                AuthError::Refused(format!(
+                    "no pg_hba.conf entry for {host}, user \"{user}\", database \"{database}\", no encryption"
+                ))
+            })?;
+            match rule.method {
+                Method::Reject => {
+                    return Err(AuthError::Refused(format!(
+                        "pg_hba.conf rejects connection for {host}, user \"{user}\", database \"{database}\", no encryption"
+                    )))
+                }
+                Method::Cert => {
+                    return Err(AuthError::Refused(format!(
+                        "certificate authentication failed for user \"{user}\": TLS is not available"
+                    )))
+                }
+                m => m,
+            }
+        }
+    };
+    let Some(server_password) = creds.server_passwords.get(user) else {
+        return Ok(Admission::PassThrough {
+            trusted: method == Method::Trust,
+        });
+    };
+    let expected = creds.client_passwords.get(user).unwrap_or(server_password);
+    match method {
+        Method::Trust => {}
+        Method::Password => check_cleartext(client, user, expected)?,
+        Method::Md5 => check_md5(client, user, expected)?,
+        // `all` for a vault user: pgcorral picks the strongest method.
+        Method::ScramSha256 | Method::All => check_scram(client, user, expected)?,
+        Method::Reject | Method::Cert => unreachable_refusal()?,
+    }
+    Ok(Admission::Vault {
+        server_password: server_password.clone(),
+    })
+}
+
+fn unreachable_refusal() -> Result<(), AuthError> {
+    Err(AuthError::Internal(
+        "refused method reached the password check".into(),
+    ))
+}
+
+/// A pass-through client is about to be given a pooled connection: it
+/// must prove what the client that opened it proved.
+pub fn check_pooled(
+    client: BorrowedFd<'_>,
+    user: &str,
+    proof: &AuthProof,
+) -> Result<(), AuthError> {
+    match proof {
+        AuthProof::Nothing => Ok(()),
+        AuthProof::Password(_) => {
+            send_request(client, &AuthRequest::CleartextPassword)?;
+            let answer = read_answer(client)?;
+            let pw = answer.strip_suffix(&[0]).unwrap_or(&answer);
+            if proof.accepts_password(pw) {
+                Ok(())
+            } else {
+                Err(AuthError::BadPassword(user.to_string()))
+            }
+        }
+        AuthProof::Md5 { salt, .. } => {
+            send_request(client, &AuthRequest::Md5Password { salt: *salt })?;
+            let answer = read_answer(client)?;
+            let r = answer.strip_suffix(&[0]).unwrap_or(&answer);
+            if proof.accepts_md5(r) {
+                Ok(())
+            } else {
+                Err(AuthError::BadPassword(user.to_string()))
+            }
+        }
+        AuthProof::NotReusable => Err(AuthError::Internal(
+            "a connection that cannot be shared was pooled".into(),
+        )),
+    }
+}
+
+fn send_request(client: BorrowedFd<'_>, request: &AuthRequest) -> Result<(), AuthError> {
+    let mut out = Vec::with_capacity(64);
+    request.encode(&mut out);
+    write_all(client, &out).map_err(|e| AuthError::Client(e.into()))
+}
+
+fn read_answer(client: BorrowedFd<'_>) -> Result<Vec<u8>, AuthError> {
+    let msg = protocol::read_message(&mut FdIo(client), MAX_ANSWER)?;
+    if msg.tag != frontend_tag::PASSWORD {
+        return Err(AuthError::Client(ProtocolError::Malformed {
+            what: "authentication: expected a password message",
+        }));
+    }
+    Ok(msg.body)
+}
+
+fn check_cleartext(client: BorrowedFd<'_>, user: &str, expected: &str) -> Result<(), AuthError> {
+    send_request(client, &AuthRequest::CleartextPassword)?;
+    let answer = read_answer(client)?;
+    let given = answer.strip_suffix(&[0]).unwrap_or(&answer);
+    if constant_time_eq(given, expected.as_bytes()) {
+        Ok(())
+    } else {
+        Err(AuthError::BadPassword(user.to_string()))
+    }
+}
+
+fn check_md5(client: BorrowedFd<'_>, user: &str, expected: &str) -> Result<(), AuthError> {
+    let mut salt = [0u8; 4];
+    openssl::rand::rand_bytes(&mut salt).map_err(|e| AuthError::Internal(e.to_string()))?;
+    send_request(client, &AuthRequest::Md5Password { salt })?;
+    let answer = read_answer(client)?;
+    let given = answer.strip_suffix(&[0]).unwrap_or(&answer);
+    let want = md5::md5_response(expected.as_bytes(), user, &salt)
+        .map_err(|e| AuthError::Internal(e.to_string()))?;
+    if md5::responses_match(want.as_bytes(), given) {
+        Ok(())
+    } else {
+        Err(AuthError::BadPassword(user.to_string()))
+    }
+}
+
+fn check_scram(client: BorrowedFd<'_>, user: &str, expected: &str) -> Result<(), AuthError> {
+    let verifier = ScramVerifier::generate(expected.as_bytes())
+        .map_err(|e| AuthError::Internal(e.to_string()))?;
+    let mut server = ScramServer::new(&verifier);
+    send_request(
+        client,
+        &AuthRequest::Sasl {
+            mechanisms: vec![scram::SCRAM_SHA_256.to_string()],
+        },
+    )?;
+    let initial = read_answer(client)?;
+    let (mechanism, data) = protocol::frontend::parse_sasl_initial_response(&initial)?;
+    if mechanism != scram::SCRAM_SHA_256 {
+        return Err(AuthError::Refused(format!(
+            "SASL mechanism {mechanism} is not supported"
+        )));
+    }
+    let first = server
+        .client_first(data.unwrap_or_default())
+        .map_err(|_| AuthError::BadPassword(user.to_string()))?;
+    send_request(client, &AuthRequest::SaslContinue(first))?;
+    let last = read_answer(client)?;
+    let (server_final, _client_key) = server
+        .client_final(&last)
+        .map_err(|_| AuthError::BadPassword(user.to_string()))?;
+    send_request(client, &AuthRequest::SaslFinal(server_final))
+}
