@@ -27,10 +27,16 @@ pub fn load(main: &MainConfig) -> Result<Credentials, CredentialsError> {
     };
     let server_passwords = load_users(main, main.users_file.as_ref())?;
     let client_passwords = load_users(main, main.frontend_users_file.as_ref())?;
-    Ok(Credentials {
+    Credentials {
         hba,
         server_passwords,
         client_passwords,
+        client_verifiers: Default::default(),
+    }
+    .with_verifiers()
+    .map_err(|e| CredentialsError::Vault {
+        path: main.users_file.clone().unwrap_or_default(),
+        message: e.to_string(),
     })
 }
 

@@ -65,45 +65,6 @@ pub fn responses_match(expected: &[u8], given: &[u8]) -> bool {
     constant_time_eq(expected, given)
 }
 
-/// What a relayed md5 exchange proved, kept with the server connection so
-/// that a later client of the same user can be checked without the password:
-/// it is offered the same salt and must send the same response.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Md5Proof {
-    pub salt: [u8; 4],
-    response: [u8; MD5_PASSWORD_LEN],
-}
-
-impl Md5Proof {
-    /// Keeps the response a client sent for `salt` (and which the server then
-    /// accepted). `None` if it is not shaped like an md5 response, in which
-    /// case there is nothing sound to compare later clients with.
-    pub fn new(salt: [u8; 4], response: &[u8]) -> Option<Self> {
-        if !is_md5_password(response) {
-            return None;
-        }
-        let mut r = [0u8; MD5_PASSWORD_LEN];
-        r.copy_from_slice(response);
-        Some(Md5Proof { salt, response: r })
-    }
-
-    /// Whether a later client's response to [`Md5Proof::salt`] proves the
-    /// same password.
-    pub fn matches(&self, response: &[u8]) -> bool {
-        responses_match(&self.response, response)
-    }
-}
-
-impl std::fmt::Debug for Md5Proof {
-    // A response replays for its salt, so it stays out of logs.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Md5Proof")
-            .field("salt", &self.salt)
-            .field("response", &"<redacted>")
-            .finish()
-    }
-}
-
 fn prefixed_hex_md5(input: &[u8]) -> Result<String, openssl::error::ErrorStack> {
     let digest = hash(MessageDigest::md5(), input)?;
     let mut out = String::with_capacity(MD5_PASSWORD_LEN);
@@ -190,18 +151,5 @@ mod tests {
         assert!(!responses_match(r.as_bytes(), wrong.as_bytes()));
         assert!(!responses_match(r.as_bytes(), &r.as_bytes()[..34]));
         assert!(!responses_match(r.as_bytes(), b""));
-    }
-
-    #[test]
-    fn md5_proof_accepts_only_the_same_password() {
-        let salt = [7, 7, 7, 7];
-        let first = md5_response(b"secret", "postgres", &salt).unwrap();
-        let proof = Md5Proof::new(salt, first.as_bytes()).unwrap();
-        let again = md5_response(b"secret", "postgres", &proof.salt).unwrap();
-        assert!(proof.matches(again.as_bytes()));
-        let wrong = md5_response(b"guess", "postgres", &proof.salt).unwrap();
-        assert!(!proof.matches(wrong.as_bytes()));
-        assert!(Md5Proof::new(salt, b"secret").is_none());
-        assert!(!format!("{proof:?}").contains(&first[3..]));
     }
 }

@@ -23,6 +23,30 @@ pub struct Credentials {
     pub server_passwords: HashMap<String, String>,
     /// Frontend vault: passwords clients give pgcorral, when different.
     pub client_passwords: HashMap<String, String>,
+    /// SCRAM verifiers of the passwords clients give, made once at load:
+    /// deriving one costs thousands of PBKDF2 rounds.
+    pub client_verifiers: HashMap<String, ScramVerifier>,
+}
+
+impl Credentials {
+    /// The password a vault user gives pgcorral.
+    pub fn client_password<'a>(&'a self, user: &str) -> Option<&'a String> {
+        self.client_passwords
+            .get(user)
+            .or_else(|| self.server_passwords.get(user))
+    }
+
+    /// Builds the verifiers for every vault user.
+    pub fn with_verifiers(mut self) -> Result<Self, crate::auth::ScramError> {
+        let mut verifiers = HashMap::new();
+        for user in self.server_passwords.keys() {
+            if let Some(pw) = self.client_password(user) {
+                verifiers.insert(user.clone(), ScramVerifier::generate(pw.as_bytes())?);
+            }
+        }
+        self.client_verifiers = verifiers;
+        Ok(self)
+    }
 }
 
 /// The outcome of admission.
@@ -113,13 +137,20 @@ pub fn admit(
             trusted: method == Method::Trust,
         });
     };
-    let expected = creds.client_passwords.get(user).unwrap_or(server_password);
+    let expected = creds.client_password(user).unwrap_or(server_password);
     match method {
         Method::Trust => {}
         Method::Password => check_cleartext(client, user, expected)?,
         Method::Md5 => check_md5(client, user, expected)?,
         // `all` for a vault user: pgcorral picks the strongest method.
-        Method::ScramSha256 | Method::All => check_scram(client, user, expected)?,
+        Method::ScramSha256 | Method::All => {
+            let verifier = match creds.client_verifiers.get(user) {
+                Some(v) => v.clone(),
+                None => ScramVerifier::generate(expected.as_bytes())
+                    .map_err(|e| AuthError::Internal(e.to_string()))?,
+            };
+            check_scram(client, user, &verifier)?
+        }
         Method::Reject | Method::Cert => unreachable_refusal()?,
     }
     Ok(Admission::Vault {
@@ -210,10 +241,12 @@ fn check_md5(client: BorrowedFd<'_>, user: &str, expected: &str) -> Result<(), A
     }
 }
 
-fn check_scram(client: BorrowedFd<'_>, user: &str, expected: &str) -> Result<(), AuthError> {
-    let verifier = ScramVerifier::generate(expected.as_bytes())
-        .map_err(|e| AuthError::Internal(e.to_string()))?;
-    let mut server = ScramServer::new(&verifier);
+fn check_scram(
+    client: BorrowedFd<'_>,
+    user: &str,
+    verifier: &ScramVerifier,
+) -> Result<(), AuthError> {
+    let mut server = ScramServer::new(verifier);
     send_request(
         client,
         &AuthRequest::Sasl {

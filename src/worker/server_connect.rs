@@ -111,6 +111,13 @@ pub fn connect(
             backend::AUTHENTICATION => {
                 let request = protocol::parse_authentication(&msg.body)?;
                 if matches!(request, AuthRequest::Ok) {
+                    // A server that skips SASLFinal never proved it knows
+                    // the password: it could be anyone.
+                    if scram.is_some() {
+                        return Err(ServerError::Auth(
+                            "server accepted SCRAM without proving itself".into(),
+                        ));
+                    }
                     continue;
                 }
                 out.clear();
@@ -200,6 +207,7 @@ fn answer_with_password(
             let client = scram.as_ref().ok_or(ServerError::Unexpected(b'R'))?;
             // A server that cannot prove it knows the verifier is not ours.
             client.server_final(data).map_err(ServerError::Scram)?;
+            *scram = None;
         }
         _ => return Err(ServerError::AuthUnsupported(method_name(request))),
     }
