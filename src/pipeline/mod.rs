@@ -1,9 +1,11 @@
 //! Pipelines: what a worker does with the bytes between its client and the
 //! server connection it was given.
 
+pub mod params;
 pub mod performance;
 pub mod relay;
 pub mod session_state;
+pub mod transaction;
 
 pub use session_state::SessionState;
 
@@ -27,6 +29,9 @@ pub enum Outcome {
     Io(std::io::Error),
     /// The worker was told to end its client (SIGQUIT).
     Shutdown,
+    /// No server connection could be had for the client's next
+    /// transaction; the client was told why.
+    AttachFailed,
 }
 
 impl Outcome {
@@ -38,12 +43,48 @@ impl Outcome {
 }
 
 /// The pipeline a configuration's `pipeline` key selects. `auto` picks the
-/// performance pipeline, the only one built so far.
+/// performance pipeline, as pgagroal does when no TLS is configured: it is
+/// the fastest and changes nothing in the session.
 pub fn resolve(kind: PipelineKind) -> Result<PipelineKind, String> {
     match kind {
-        PipelineKind::Auto | PipelineKind::Performance => Ok(PipelineKind::Performance),
-        other => Err(format!(
-            "pipeline {other:?} is not available in this version; use \"performance\" or \"auto\""
-        )),
+        PipelineKind::Auto => Ok(PipelineKind::Performance),
+        other => Ok(other),
     }
+}
+
+/// Writes a whole message to a non-blocking socket, waiting for room; used
+/// for the few messages pgcorral itself sends mid-session.
+pub fn relay_write_blocking(fd: std::os::fd::BorrowedFd<'_>, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut sent = 0;
+    while sent < bytes.len() {
+        // SAFETY: sending from a live buffer; MSG_NOSIGNAL as elsewhere.
+        let n = unsafe {
+            libc::send(
+                fd.as_raw_fd(),
+                bytes[sent..].as_ptr() as *const libc::c_void,
+                bytes.len() - sent,
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        if n >= 0 {
+            sent += n as usize;
+            continue;
+        }
+        let e = std::io::Error::last_os_error();
+        match e.kind() {
+            std::io::ErrorKind::Interrupted => {}
+            std::io::ErrorKind::WouldBlock => {
+                let mut pfd = libc::pollfd {
+                    fd: fd.as_raw_fd(),
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                // SAFETY: polling one live descriptor, bounded wait.
+                unsafe { libc::poll(&mut pfd, 1, 1000) };
+            }
+            _ => return Err(e),
+        }
+    }
+    Ok(())
 }

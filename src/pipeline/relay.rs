@@ -54,6 +54,12 @@ impl Relay {
         self.start == self.scanned && self.framer.at_boundary()
     }
 
+    /// Everything read was scanned and the framer is between messages:
+    /// the peer is not in the middle of a message.
+    pub fn fully_scanned(&self) -> bool {
+        self.scanned == self.end && self.framer.at_boundary()
+    }
+
     /// One read. `Ok(0)` is end of stream.
     pub fn fill(&mut self, fd: BorrowedFd<'_>) -> io::Result<usize> {
         let room = &mut self.buf[self.end..];

@@ -1,6 +1,7 @@
 //! A worker serves one client, in a process the supervisor forked for it:
 //! start-up, a slot, the pipeline, and the slot back (or thrown away).
 
+pub mod attach;
 pub mod auth_proof;
 pub mod cancel;
 pub mod client_auth;
@@ -8,24 +9,30 @@ pub mod client_startup;
 pub mod io;
 pub mod server_connect;
 pub mod signals;
+pub mod transaction;
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::management::client::ManagementClient;
+use crate::config::PipelineKind;
 use crate::management::ManagementError;
+use crate::pipeline;
+use crate::pipeline::params::Params;
 use crate::pipeline::performance::Performance;
+use crate::pipeline::transaction::Transaction;
 use crate::pipeline::Outcome;
 use crate::pool::{self, Acquired, PoolError, Want};
 use crate::pooled_sockets::PooledSockets;
 use crate::protocol::{self, sqlstate, ErrorResponse, ProtocolError};
 use crate::segment::Segment;
+use attach::Sockets;
 use auth_proof::AuthProof;
 use client_auth::{Admission, AuthError, Credentials};
 use client_startup::ClientStart;
 use server_connect::{Login, ServerError};
+use transaction::WorkerAttach;
 
 /// Where a client came from: an address for TCP, none for the Unix socket.
 #[derive(Debug, Clone, Copy)]
@@ -68,6 +75,8 @@ pub enum WorkerError {
     Management(#[from] ManagementError),
     #[error("server start-up messages ({0} bytes) do not fit in a slot")]
     StartupTooLarge(usize),
+    #[error("setting session parameters on the server: {0}")]
+    ParameterSync(String),
 }
 
 impl WorkerError {
@@ -98,6 +107,7 @@ impl WorkerError {
                 "could not connect to the server",
             ),
             WorkerError::Server(_) => fatal(sqlstate::CONNECTION_FAILURE, self.to_string()),
+            WorkerError::ParameterSync(_) => fatal(sqlstate::CONNECTION_FAILURE, self.to_string()),
             WorkerError::Management(_) | WorkerError::StartupTooLarge(_) => {
                 fatal(sqlstate::INTERNAL_ERROR, self.to_string())
             }
@@ -177,10 +187,11 @@ fn serve(ctx: &Context<'_>, client: BorrowedFd<'_>, peer: &Peer) -> Result<(), W
         Err(e) => return Err(e.into()),
     };
     let me = std::process::id() as i32;
+    let limit = ctx.config.limit_for(&database, &user).map(|(i, _)| i);
     let want = Want {
         database: &database,
         user: &user,
-        limit: ctx.config.limit_for(&database, &user).map(|(i, _)| i),
+        limit,
         server: 0,
     };
     let deadline = Instant::now() + main.blocking_timeout;
@@ -190,8 +201,6 @@ fn serve(ctx: &Context<'_>, client: BorrowedFd<'_>, peer: &Peer) -> Result<(), W
     };
     let slot = &ctx.segment.slots()[slot_index];
 
-    // `owned` keeps a socket this worker opened or was sent; an inherited
-    // pooled socket is borrowed from the range the fork copied.
     if let (Acquired::Pooled(i), Admission::PassThrough { trusted: false }) = (got, &admission) {
         let proof = AuthProof::decode(slot.proof());
         if let Err(e) = client_auth::check_pooled(client, &user, &proof) {
@@ -204,33 +213,29 @@ fn serve(ctx: &Context<'_>, client: BorrowedFd<'_>, peer: &Peer) -> Result<(), W
             return Err(e.into());
         }
     }
-    let owned: Option<OwnedFd> = match got {
-        Acquired::Pooled(i) if ctx.sockets.get(i, slot.generation()).is_some() => None,
-        Acquired::Pooled(i) => match fetch_socket(ctx, i) {
-            Ok(fd) => Some(fd),
-            Err(e) => {
-                pool::discard(ctx.segment, i, me);
-                return Err(e);
-            }
-        },
-        Acquired::New(i) => match open_new(ctx, i, me, &startup, &admission, client) {
-            Ok(fd) => Some(fd),
-            Err(e) => {
+    let mut sockets = Sockets::new();
+    let fd = match got {
+        Acquired::Pooled(i) => sockets.pooled(ctx, i).inspect_err(|_| {
+            pool::discard(ctx.segment, i, me);
+        })?,
+        Acquired::New(i) => {
+            let login = match &admission {
+                Admission::Vault { server_password } => Login::Password(server_password),
+                Admission::PassThrough { .. } => Login::Relay(client),
+            };
+            attach::open_new(ctx, &mut sockets, i, me, &startup, login).inspect_err(|_| {
                 pool::abandon_new(ctx.segment, i, me);
-                return Err(e);
-            }
-        },
-    };
-    let server: BorrowedFd<'_> = match (&owned, ctx.sockets.get(slot_index, slot.generation())) {
-        (Some(fd), _) => fd.as_fd(),
-        (None, Some(fd)) => fd,
-        (None, None) => {
-            pool::discard(ctx.segment, slot_index, me);
-            return Err(
-                ManagementError::Refused(format!("slot {slot_index}: socket vanished")).into(),
-            );
+            })?
         }
     };
+    // SAFETY: `fd` is the slot's socket, kept open by `sockets` or by the
+    // inherited pooled range while this worker holds the slot.
+    let server = unsafe { BorrowedFd::borrow_raw(fd) };
+    let desired = Params::from_client(&startup.params).or(&Params::from_startup(slot.startup()));
+    if let Err(e) = attach::sync_params(ctx, server, slot, &desired) {
+        pool::discard(ctx.segment, slot_index, me);
+        return Err(e);
+    }
     log::debug!(
         "{peer}: {user}/{database} on slot {slot_index} (backend {}, {})",
         slot.backend_pid(),
@@ -254,27 +259,101 @@ fn serve(ctx: &Context<'_>, client: BorrowedFd<'_>, peer: &Peer) -> Result<(), W
         return Err(WorkerError::ClientProtocol(e.into()));
     }
 
-    let outcome = run_pipeline(client, server);
-    let reusable = outcome.0.leaves_server_reusable(&outcome.1)
+    let kind = pipeline::resolve(main.pipeline).unwrap_or(PipelineKind::Performance);
+    if kind == PipelineKind::Transaction {
+        // The first transaction takes a connection like every other one.
+        let desired = Params::from_startup(slot.startup()).or(&desired);
+        slot.set_client_key(0);
+        pool::release(ctx.segment, slot_index, me);
+        let attach = WorkerAttach {
+            ctx,
+            me,
+            database: database.clone(),
+            user: user.clone(),
+            limit,
+            startup: &startup,
+            admission: &admission,
+            sockets,
+            desired,
+            secret,
+            held: None,
+        };
+        let outcome = run_transaction(client, attach);
+        log_outcome(peer, &outcome);
+        return Ok(());
+    }
+
+    let (outcome, state) = run_pipeline(client, server);
+    log_outcome(peer, &outcome);
+    let mut reusable = outcome.leaves_server_reusable(&state)
         && AuthProof::decode(slot.proof()) != AuthProof::NotReusable;
-    match &outcome.0 {
-        Outcome::ClientTerminated | Outcome::ClientClosed | Outcome::ServerClosed => {}
-        Outcome::Shutdown => {}
-        other => log::warn!("{peer}: session ended: {other:?}"),
+    if reusable && kind == PipelineKind::Session {
+        reusable = attach::reset(ctx, server, slot);
     }
     slot.set_client_key(0);
     if reusable {
         pool::release(ctx.segment, slot_index, me);
     } else {
-        log::debug!(
-            "{peer}: slot {slot_index} not reusable ({:?}, {:?})",
-            outcome.0,
-            outcome.1
-        );
+        log::debug!("{peer}: slot {slot_index} not reusable ({outcome:?}, {state:?})");
         pool::discard(ctx.segment, slot_index, me);
     }
-    drop(owned);
+    drop(sockets);
     Ok(())
+}
+
+fn log_outcome(peer: &Peer, outcome: &Outcome) {
+    match outcome {
+        Outcome::ClientTerminated
+        | Outcome::ClientClosed
+        | Outcome::ServerClosed
+        | Outcome::Shutdown
+        | Outcome::AttachFailed => {}
+        other => log::warn!("{peer}: session ended: {other:?}"),
+    }
+}
+
+fn run_transaction(client: BorrowedFd<'_>, attach: WorkerAttach<'_>) -> Outcome {
+    if let Err(e) = io::set_nonblocking(client, true) {
+        return Outcome::Io(e);
+    }
+    signals::enter_pipeline();
+    let mut p = Transaction::new(client, attach, &signals::STOP, signals::wait_mask());
+    let outcome = p.run();
+    tell_client(
+        client,
+        &outcome,
+        p.state.server_fatal,
+        p.client_at_boundary(),
+    );
+    signals::leave_pipeline();
+    outcome
+}
+
+/// What the client is told when its session ends for a reason of ours.
+fn tell_client(client: BorrowedFd<'_>, outcome: &Outcome, server_fatal: bool, at_boundary: bool) {
+    let msg = match outcome {
+        Outcome::Shutdown => Some(signals::shutdown_message().to_vec()),
+        Outcome::ClientProtocol(e) => {
+            let mut out = Vec::new();
+            ErrorResponse::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string()).encode(&mut out);
+            Some(out)
+        }
+        Outcome::ServerClosed if !server_fatal => {
+            let mut out = Vec::new();
+            ErrorResponse::fatal(
+                sqlstate::CONNECTION_FAILURE,
+                "the server closed the connection unexpectedly",
+            )
+            .encode(&mut out);
+            Some(out)
+        }
+        _ => None,
+    };
+    if let (Some(msg), true) = (msg, at_boundary) {
+        let _ = io::set_nonblocking(client, false);
+        let _ = io::set_timeouts(client, Some(Duration::from_secs(1)));
+        let _ = io::write_all(client, &msg);
+    }
 }
 
 fn run_pipeline(
@@ -289,105 +368,16 @@ fn run_pipeline(
     signals::enter_pipeline();
     let mut p = Performance::new(client, server, &signals::STOP, signals::wait_mask());
     let outcome = p.run();
-    let tell_client = match &outcome {
-        Outcome::Shutdown => Some(signals::shutdown_message().to_vec()),
-        Outcome::ClientProtocol(e) => {
-            let mut out = Vec::new();
-            ErrorResponse::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string()).encode(&mut out);
-            Some(out)
-        }
-        Outcome::ServerClosed if !p.state.server_fatal => {
-            let mut out = Vec::new();
-            ErrorResponse::fatal(
-                sqlstate::CONNECTION_FAILURE,
-                "the server closed the connection unexpectedly",
-            )
-            .encode(&mut out);
-            Some(out)
-        }
-        _ => None,
-    };
-    if let Some(msg) = tell_client {
-        if p.client_at_boundary() {
-            let _ = io::set_nonblocking(client, false);
-            let _ = io::set_timeouts(client, Some(Duration::from_secs(1)));
-            let _ = io::write_all(client, &msg);
-        }
-    }
+    tell_client(
+        client,
+        &outcome,
+        p.state.server_fatal,
+        p.client_at_boundary(),
+    );
     let state = p.state.clone();
     signals::leave_pipeline();
     // Pooled sockets are shared with the supervisor (same open file):
     // leave them blocking as the next worker expects none of our flags.
     let _ = io::set_nonblocking(server, false);
     (outcome, state)
-}
-
-/// Asks the supervisor for a copy of a pooled socket this worker did not
-/// inherit (it was pooled after this worker was forked).
-fn fetch_socket(ctx: &Context<'_>, index: usize) -> Result<OwnedFd, WorkerError> {
-    let mut mgmt = ManagementClient::connect(ctx.management_path)?;
-    let (fd, generation) = mgmt.get_socket(index)?;
-    let current = ctx.segment.slots()[index].generation();
-    if generation != current {
-        return Err(ManagementError::Refused(format!(
-            "slot {index}: supervisor has generation {generation}, slot has {current}"
-        ))
-        .into());
-    }
-    Ok(fd)
-}
-
-/// Connects a new server connection for an INIT slot, records it in the
-/// slot, hands its socket to the supervisor and publishes the slot.
-fn open_new(
-    ctx: &Context<'_>,
-    index: usize,
-    me: i32,
-    startup: &protocol::StartupMessage,
-    admission: &Admission,
-    client: BorrowedFd<'_>,
-) -> Result<OwnedFd, WorkerError> {
-    let slot = &ctx.segment.slots()[index];
-    let timeout = connect_timeout(ctx);
-    let login = match admission {
-        Admission::Vault { server_password } => Login::Password(server_password),
-        Admission::PassThrough { .. } => Login::Relay(client),
-    };
-    let user = startup.user().unwrap_or_default();
-    let (conn, proof) = server_connect::connect(
-        ctx.config.primary_server(),
-        user,
-        startup.database(),
-        &startup.params,
-        login,
-        timeout,
-    )?;
-    let proof = match admission {
-        // pgcorral checked the client itself; later vault clients are too.
-        Admission::Vault { .. } => AuthProof::Nothing,
-        Admission::PassThrough { .. } => proof,
-    };
-    if !slot.set_startup(&conn.startup) {
-        return Err(WorkerError::StartupTooLarge(conn.startup.len()));
-    }
-    slot.set_proof(&proof.encode());
-    slot.set_backend(conn.backend_pid, conn.backend_key);
-    let generation = slot.bump_generation();
-    // The supervisor must hold the socket before the slot can become FREE:
-    // another worker may take it the moment it is, and ask for the socket.
-    let mut mgmt = ManagementClient::connect(ctx.management_path)?;
-    mgmt.transfer(index, generation, conn.fd.as_fd())?;
-    if !pool::publish_new(ctx.segment, index, me) {
-        return Err(ManagementError::Refused(format!("slot {index} was taken from us")).into());
-    }
-    Ok(conn.fd)
-}
-
-fn connect_timeout(ctx: &Context<'_>) -> Duration {
-    let t = ctx.config.main.authentication_timeout;
-    if t.is_zero() {
-        Duration::from_secs(10)
-    } else {
-        t.max(Duration::from_secs(1))
-    }
 }

@@ -1,0 +1,242 @@
+//! Session parameters in transaction pooling.
+//!
+//! A client's settings must follow it from one server connection to the
+//! next, and must never leak into another client's. PostgreSQL reports the
+//! parameters that matter to clients (ParameterStatus), both at start-up
+//! and whenever they change, so the worker tracks the values its client
+//! expects, the slot records the values its connection has, and before a
+//! transaction runs on a connection the worker sets whatever differs.
+
+use crate::protocol::{self, tag::backend};
+
+/// Reported parameters a client can change with SET and that change what
+/// queries return. Others that PostgreSQL reports (server_version,
+/// is_superuser, session_authorization, …) are fixed per role or server.
+pub const TRACKED: [&str; 6] = [
+    "application_name",
+    "client_encoding",
+    "DateStyle",
+    "IntervalStyle",
+    "TimeZone",
+    "standard_conforming_strings",
+];
+
+pub fn is_tracked(name: &str) -> bool {
+    TRACKED.iter().any(|t| t.eq_ignore_ascii_case(name))
+}
+
+fn canonical(name: &str) -> Option<&'static str> {
+    TRACKED
+        .iter()
+        .copied()
+        .find(|t| t.eq_ignore_ascii_case(name))
+}
+
+/// Values a client expects, or a connection has, for the tracked names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Params {
+    values: Vec<(&'static str, String)>,
+}
+
+impl Params {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        let name = canonical(name)?;
+        self.values
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Records a value; names that are not tracked are ignored.
+    pub fn set(&mut self, name: &str, value: &str) {
+        let Some(name) = canonical(name) else { return };
+        match self.values.iter_mut().find(|(k, _)| *k == name) {
+            Some(slot) => slot.1 = value.to_string(),
+            None => self.values.push((name, value.to_string())),
+        }
+    }
+
+    /// The tracked ParameterStatus values in a slot's start-up messages.
+    pub fn from_startup(blob: &[u8]) -> Self {
+        let mut p = Params::default();
+        for (tag, body) in messages(blob) {
+            if tag == backend::PARAMETER_STATUS {
+                if let Ok((k, v)) = protocol::parse_parameter_status(body) {
+                    p.set(&k, &v);
+                }
+            }
+        }
+        p
+    }
+
+    /// Tracked values from a client's startup packet. `options` (`-c
+    /// name=value`) is not parsed: those settings reach the first server
+    /// connection only, and what PostgreSQL then reports is tracked.
+    pub fn from_client(params: &[(String, String)]) -> Self {
+        let mut p = Params::default();
+        for (k, v) in params {
+            p.set(k, v);
+        }
+        p
+    }
+
+    /// Fills names this set lacks from `other`.
+    pub fn or(mut self, other: &Params) -> Self {
+        for (k, v) in &other.values {
+            if self.get(k).is_none() {
+                self.set(k, v);
+            }
+        }
+        self
+    }
+
+    /// SET statements that turn `current` into `self`, in one query string;
+    /// `None` when nothing differs. Names not known in `current` are set too.
+    pub fn differences(&self, current: &Params) -> Option<String> {
+        let mut sql = String::new();
+        for (k, v) in &self.values {
+            if current.get(k) != Some(v.as_str()) {
+                sql.push_str(&format!("SET {k} TO {};", quote_literal(v)));
+            }
+        }
+        (!sql.is_empty()).then_some(sql)
+    }
+}
+
+/// A SQL string literal: doubled quotes, and an E'' literal for
+/// backslashes, so the value cannot end the statement whatever
+/// standard_conforming_strings is.
+fn quote_literal(v: &str) -> String {
+    let body = v.replace('\'', "''");
+    if body.contains('\\') {
+        format!("E'{}'", body.replace('\\', "\\\\"))
+    } else {
+        format!("'{body}'")
+    }
+}
+
+/// Rewrites a slot's start-up messages with `name` set to `value`
+/// (replacing its ParameterStatus, or adding one).
+pub fn startup_with(blob: &[u8], name: &str, value: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(blob.len() + 32);
+    let mut done = false;
+    for (tag, body) in messages(blob) {
+        if tag == backend::PARAMETER_STATUS {
+            if let Ok((k, _)) = protocol::parse_parameter_status(body) {
+                if k == name {
+                    if !done {
+                        protocol::parameter_status(&mut out, name, value);
+                        done = true;
+                    }
+                    continue;
+                }
+            }
+        }
+        protocol::write_message(&mut out, tag, |b| b.extend_from_slice(body));
+    }
+    if !done {
+        protocol::parameter_status(&mut out, name, value);
+    }
+    out
+}
+
+/// The messages in a start-up blob (tag, body); stops at anything cut short.
+fn messages(blob: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        if blob.len().saturating_sub(at) < 5 {
+            return None;
+        }
+        let tag = blob[at];
+        let len =
+            u32::from_be_bytes([blob[at + 1], blob[at + 2], blob[at + 3], blob[at + 4]]) as usize;
+        let end = at.checked_add(1)?.checked_add(len)?;
+        if len < 4 || end > blob.len() {
+            return None;
+        }
+        let body = &blob[at + 5..end];
+        at = end;
+        Some((tag, body))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blob(pairs: &[(&str, &str)]) -> Vec<u8> {
+        let mut b = Vec::new();
+        for (k, v) in pairs {
+            protocol::parameter_status(&mut b, k, v);
+        }
+        protocol::backend_key_data(&mut b, 1, 2);
+        b
+    }
+
+    #[test]
+    fn tracks_only_settable_reported_parameters() {
+        let p = Params::from_startup(&blob(&[
+            ("TimeZone", "UTC"),
+            ("server_version", "15.1"),
+            ("client_encoding", "UTF8"),
+        ]));
+        assert_eq!(p.get("timezone"), Some("UTC"));
+        assert_eq!(p.get("server_version"), None);
+        assert_eq!(p.get("client_encoding"), Some("UTF8"));
+    }
+
+    #[test]
+    fn differences_become_set_statements() {
+        let mut want = Params::default();
+        want.set("TimeZone", "Europe/Paris");
+        want.set("application_name", "it's");
+        let mut have = Params::default();
+        have.set("TimeZone", "UTC");
+        have.set("application_name", "it's");
+        assert_eq!(
+            want.differences(&have).as_deref(),
+            Some("SET TimeZone TO 'Europe/Paris';")
+        );
+        have.set("TimeZone", "Europe/Paris");
+        assert_eq!(want.differences(&have), None);
+        let mut evil = Params::default();
+        evil.set("application_name", "x'; drop table t; --\\");
+        assert_eq!(
+            evil.differences(&Params::default()).as_deref(),
+            Some("SET application_name TO E'x''; drop table t; --\\\\';")
+        );
+    }
+
+    #[test]
+    fn client_values_win_and_the_rest_come_from_the_server() {
+        let server = Params::from_startup(&blob(&[("TimeZone", "UTC"), ("DateStyle", "ISO, MDY")]));
+        let client = Params::from_client(&[
+            ("timezone".to_string(), "Asia/Tokyo".to_string()),
+            ("user".to_string(), "u".to_string()),
+        ]);
+        let want = client.or(&server);
+        assert_eq!(want.get("TimeZone"), Some("Asia/Tokyo"));
+        assert_eq!(want.get("DateStyle"), Some("ISO, MDY"));
+    }
+
+    #[test]
+    fn startup_blob_is_rewritten_in_place_or_extended() {
+        let b = blob(&[("TimeZone", "UTC"), ("DateStyle", "ISO")]);
+        let b2 = startup_with(&b, "TimeZone", "Asia/Tokyo");
+        let p = Params::from_startup(&b2);
+        assert_eq!(p.get("TimeZone"), Some("Asia/Tokyo"));
+        assert_eq!(p.get("DateStyle"), Some("ISO"));
+        let b3 = startup_with(&b2, "IntervalStyle", "iso_8601");
+        assert_eq!(
+            Params::from_startup(&b3).get("IntervalStyle"),
+            Some("iso_8601")
+        );
+        // The BackendKeyData is kept.
+        assert!(messages(&b3).any(|(t, _)| t == backend::BACKEND_KEY_DATA));
+        // A cut-short blob does not panic.
+        assert_eq!(
+            Params::from_startup(&b3[..b3.len() - 3]).get("TimeZone"),
+            Some("Asia/Tokyo")
+        );
+    }
+}
