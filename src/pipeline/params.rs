@@ -69,13 +69,22 @@ impl Params {
         p
     }
 
-    /// Tracked values from a client's startup packet. `options` (`-c
-    /// name=value`) is not parsed: those settings reach the first server
-    /// connection only, and what PostgreSQL then reports is tracked.
+    /// Tracked values from a client's startup packet. Settings in
+    /// `options` (`-c name=value`, `--name=value`) win over the plain
+    /// parameters, as PostgreSQL applies them afterwards.
     pub fn from_client(params: &[(String, String)]) -> Self {
         let mut p = Params::default();
         for (k, v) in params {
-            p.set(k, v);
+            if k != "options" {
+                p.set(k, v);
+            }
+        }
+        for (k, v) in params {
+            if k == "options" {
+                for (name, value) in option_settings(v) {
+                    p.set(&name, &value);
+                }
+            }
         }
         p
     }
@@ -101,6 +110,47 @@ impl Params {
         }
         (!sql.is_empty()).then_some(sql)
     }
+}
+
+/// The `name=value` settings in a startup `options` string. Backslash
+/// escapes a space, as in libpq's PGOPTIONS.
+fn option_settings(options: &str) -> Vec<(String, String)> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    word.push(n);
+                }
+            }
+            c if c.is_whitespace() => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    let mut out = Vec::new();
+    let mut it = words.into_iter();
+    while let Some(w) = it.next() {
+        let setting = if w == "-c" {
+            it.next()
+        } else if let Some(rest) = w.strip_prefix("-c") {
+            Some(rest.to_string())
+        } else {
+            w.strip_prefix("--").map(str::to_string)
+        };
+        if let Some((k, v)) = setting.as_deref().and_then(|s| s.split_once('=')) {
+            out.push((k.replace('-', "_"), v.to_string()));
+        }
+    }
+    out
 }
 
 /// A SQL string literal: doubled quotes, and an E'' literal for
@@ -217,6 +267,27 @@ mod tests {
         let want = client.or(&server);
         assert_eq!(want.get("TimeZone"), Some("Asia/Tokyo"));
         assert_eq!(want.get("DateStyle"), Some("ISO, MDY"));
+    }
+
+    #[test]
+    fn options_win_over_plain_parameters() {
+        let p = Params::from_client(&[
+            (
+                "options".to_string(),
+                "-c client_encoding=LATIN1 --TimeZone=UTC -cDateStyle=German".to_string(),
+            ),
+            ("client_encoding".to_string(), "UTF8".to_string()),
+            ("application_name".to_string(), "app".to_string()),
+        ]);
+        assert_eq!(p.get("client_encoding"), Some("LATIN1"));
+        assert_eq!(p.get("TimeZone"), Some("UTC"));
+        assert_eq!(p.get("DateStyle"), Some("German"));
+        assert_eq!(p.get("application_name"), Some("app"));
+        let q = Params::from_client(&[(
+            "options".to_string(),
+            "-c application_name=a\\ b".to_string(),
+        )]);
+        assert_eq!(q.get("application_name"), Some("a b"));
     }
 
     #[test]

@@ -231,7 +231,15 @@ fn serve(ctx: &Context<'_>, client: BorrowedFd<'_>, peer: &Peer) -> Result<(), W
     // SAFETY: `fd` is the slot's socket, kept open by `sockets` or by the
     // inherited pooled range while this worker holds the slot.
     let server = unsafe { BorrowedFd::borrow_raw(fd) };
-    let desired = Params::from_client(&startup.params).or(&Params::from_startup(slot.startup()));
+    // A connection opened for this client already has its settings, and
+    // what the server reports is what they came to; a pooled one must be
+    // brought in line with what the client asked for.
+    let desired = match got {
+        Acquired::New(_) => Params::from_startup(slot.startup()),
+        Acquired::Pooled(_) => {
+            Params::from_client(&startup.params).or(&Params::from_startup(slot.startup()))
+        }
+    };
     if let Err(e) = attach::sync_params(ctx, server, slot, &desired) {
         pool::discard(ctx.segment, slot_index, me);
         return Err(e);

@@ -1,0 +1,340 @@
+//! Transaction pooling: many clients share few server connections, and
+//! nothing of one client's session reaches another: settings, cancels,
+//! open transactions.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{output_within, pg_bin, wait_until, Pgcorral, Postgres};
+use postgres::error::SqlState;
+use postgres::NoTls;
+
+const TRANSACTION: &str = "pipeline = \"transaction\"\nlog_level = \"info\"";
+
+fn pgbench(port: u16, args: &[&str]) -> (bool, String) {
+    let mut cmd = Command::new(pg_bin("pgbench"));
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+        .args(args)
+        .arg("postgres")
+        .env("PGCONNECT_TIMEOUT", "30");
+    let out = output_within(&mut cmd, Duration::from_secs(180))
+        .unwrap_or_else(|e| panic!("pgbench {args:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn failed_transactions(out: &str) -> Option<u64> {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("number of failed transactions"))?;
+    line.split(':')
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Client backends PostgreSQL has, other than the monitor itself.
+const COUNT_BACKENDS: &str = "select count(*) from pg_stat_activity \
+     where backend_type = 'client backend' and pid <> pg_backend_pid()";
+
+fn pgbench_mode_within_limit(mode: &str) {
+    let pg = Postgres::start();
+    let (ok, out) = pgbench(pg.port, &["-i", "-s", "1", "-q"]);
+    assert!(ok, "pgbench -i: {out}");
+    let pc = Pgcorral::start(
+        &pg,
+        &format!(
+            "{TRANSACTION}\nmax_connections = 40\n[[limit]]\ndatabase = \"all\"\nuser = \"all\"\nmax_size = 10\n"
+        ),
+    );
+
+    // Watch PostgreSQL directly for the whole run.
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicI64::new(0));
+    let monitor = {
+        let (stop, peak) = (stop.clone(), peak.clone());
+        let mut direct = pg.connect();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let n: i64 = direct.query_one(COUNT_BACKENDS, &[]).expect("count").get(0);
+                peak.fetch_max(n, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let (ok, out) = pgbench(
+        pc.port,
+        &["-M", mode, "-c", "50", "-j", "2", "-T", "20", "-n"],
+    );
+    stop.store(true, Ordering::Relaxed);
+    monitor.join().expect("monitor");
+    assert!(
+        ok,
+        "pgbench -M {mode} through the transaction pipeline:\n{out}"
+    );
+    assert_eq!(failed_transactions(&out), Some(0), "{out}");
+    let peak = peak.load(Ordering::Relaxed);
+    assert!(
+        peak <= 10,
+        "PostgreSQL saw {peak} backends through a limit of 10"
+    );
+    assert!(peak >= 2, "the pool barely worked: peak {peak}");
+}
+
+#[test]
+fn pgbench_simple_over_a_pool_of_ten() {
+    pgbench_mode_within_limit("simple");
+}
+
+#[test]
+fn pgbench_extended_over_a_pool_of_ten() {
+    pgbench_mode_within_limit("extended");
+}
+
+#[test]
+fn a_set_never_leaks_to_another_client() {
+    let pg = Postgres::start();
+    // One server connection: both clients necessarily share it.
+    let pc = Pgcorral::start(&pg, &format!("{TRANSACTION}\nmax_connections = 1"));
+    let mut a = pc.connect();
+    let mut b = pc.connect();
+    let pid_a: i32 = a
+        .query_one("select pg_backend_pid()", &[])
+        .expect("a")
+        .get(0);
+    let pid_b: i32 = b
+        .query_one("select pg_backend_pid()", &[])
+        .expect("b")
+        .get(0);
+    assert_eq!(pid_a, pid_b, "the clients should share the only connection");
+
+    let tz = |c: &mut postgres::Client| -> String {
+        c.query_one("select current_setting('TimeZone')", &[])
+            .expect("tz")
+            .get(0)
+    };
+    let original = tz(&mut b);
+    a.batch_execute("SET TimeZone = 'Pacific/Auckland'")
+        .expect("set");
+    for _ in 0..5 {
+        assert_eq!(tz(&mut a), "Pacific/Auckland");
+        assert_eq!(tz(&mut b), original, "client b saw client a's TimeZone");
+    }
+}
+
+#[test]
+fn a_startup_client_encoding_holds_in_every_transaction() {
+    let pg = Postgres::start();
+    let pc = Pgcorral::start(&pg, &format!("{TRANSACTION}\nmax_connections = 1"));
+    // Client a keeps taking the only connection (with its UTF8 encoding)
+    // between client b's transactions.
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy = {
+        let stop = stop.clone();
+        let mut a = pc.connect();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                a.batch_execute("select 1").expect("a");
+            }
+        })
+    };
+    let mut cmd = Command::new(pg_bin("psql"));
+    cmd.args([
+        "-X",
+        "-At",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &pc.port.to_string(),
+        "-U",
+        "postgres",
+    ]);
+    for _ in 0..5 {
+        cmd.args(["-c", "show client_encoding", "-c", "select pg_sleep(0.05)"]);
+    }
+    cmd.arg("postgres").env("PGCLIENTENCODING", "LATIN1");
+    let out = output_within(&mut cmd, Duration::from_secs(60)).expect("psql");
+    stop.store(true, Ordering::Relaxed);
+    busy.join().expect("busy client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let encodings: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(encodings, vec!["LATIN1"; 5], "{text}");
+}
+
+#[test]
+fn cancel_reaches_the_query_on_whatever_connection_it_runs() {
+    let pg = Postgres::start();
+    let pc = Pgcorral::start(&pg, &format!("{TRANSACTION}\nmax_connections = 3"));
+    let idle = pc.connect();
+    let idle_token = idle.cancel_token();
+    let mut busy = pc.connect();
+    let token = busy.cancel_token();
+
+    // The idle client's key touches nothing.
+    let mut other = pc.connect();
+    let sleeper = std::thread::spawn(move || other.simple_query("select pg_sleep(1)").map(|_| ()));
+    assert!(wait_until(Duration::from_secs(5), || !pg
+        .backends_with_query("select pg_sleep(1)")
+        .is_empty()));
+    idle_token
+        .cancel_query(NoTls)
+        .expect("cancel with the idle key");
+    sleeper
+        .join()
+        .expect("thread")
+        .expect("the idle client's key cancelled another client's query");
+
+    let started = Instant::now();
+    let sleeper = std::thread::spawn(move || busy.simple_query("select pg_sleep(30)"));
+    assert!(wait_until(Duration::from_secs(5), || !pg
+        .backends_with_query("select pg_sleep(30)")
+        .is_empty()));
+    token.cancel_query(NoTls).expect("cancel");
+    let err = sleeper.join().expect("thread").expect_err("not cancelled");
+    assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(idle);
+}
+
+#[test]
+fn a_client_killed_mid_transaction_leaves_nothing_behind() {
+    let pg = Postgres::start();
+    let pc = Pgcorral::start(&pg, &format!("{TRANSACTION}\nmax_connections = 1"));
+    let mut victim = pc.connect();
+    victim
+        .batch_execute("BEGIN; CREATE TEMP TABLE leftover(x int); INSERT INTO leftover VALUES (1);")
+        .expect("open a transaction");
+    // The client vanishes: its socket closes while the transaction is open.
+    drop(victim);
+
+    // The next client is served at once, on a connection without the
+    // transaction; PostgreSQL ends the old backend (and its temp table)
+    // as soon as its socket is closed.
+    let mut next = pc.connect();
+    let leftovers = |c: &mut postgres::Client| -> (i64, i64) {
+        let temp: i64 = c
+            .query_one(
+                "select count(*) from pg_class where relname = 'leftover'",
+                &[],
+            )
+            .expect("temp tables")
+            .get(0);
+        let open: i64 = c
+            .query_one(
+                "select count(*) from pg_stat_activity where state like 'idle in transaction%'",
+                &[],
+            )
+            .expect("open transactions")
+            .get(0);
+        (temp, open)
+    };
+    let mut seen = (1, 1);
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            seen = leftovers(&mut next);
+            seen == (0, 0)
+        }),
+        "temp tables / open transactions left: {seen:?}"
+    );
+}
+
+/// 100 MB through COPY in both directions, byte for byte.
+fn copy_round_trip(pipeline: &str) {
+    let pg = Postgres::start();
+    let pc = Pgcorral::start(
+        &pg,
+        &format!("pipeline = \"{pipeline}\"\nlog_level = \"info\""),
+    );
+    let mut c = pc.connect();
+    c.batch_execute("create table blob_lines(n int, line text)")
+        .expect("create");
+    // 100 MB of lines with varied content: 1,000,000 lines of ~100 bytes.
+    let mut data = Vec::with_capacity(101 * 1024 * 1024);
+    let mut n: u64 = 0x9e3779b97f4a7c15;
+    for i in 0..1_000_000u32 {
+        n ^= n << 13;
+        n ^= n >> 7;
+        n ^= n << 17;
+        let line = format!("{i}\t{:0>94x}\n", n as u128 * 0x1000193);
+        data.extend_from_slice(line.as_bytes());
+    }
+    assert!(data.len() >= 100_000_000);
+    let mut w = c.copy_in("copy blob_lines from stdin").expect("copy in");
+    for chunk in data.chunks(1 << 20) {
+        w.write_all(chunk).expect("write");
+    }
+    let rows = w.finish().expect("finish copy in");
+    assert_eq!(rows, 1_000_000);
+    let mut back = Vec::with_capacity(data.len());
+    c.copy_out("copy (select * from blob_lines order by n) to stdout")
+        .expect("copy out")
+        .read_to_end(&mut back)
+        .expect("read");
+    assert_eq!(back.len(), data.len(), "{pipeline}: size differs");
+    assert!(back == data, "{pipeline}: content differs");
+}
+
+#[test]
+fn copy_100mb_through_the_performance_pipeline() {
+    copy_round_trip("performance");
+}
+
+#[test]
+fn copy_100mb_through_the_session_pipeline() {
+    copy_round_trip("session");
+}
+
+#[test]
+fn copy_100mb_through_the_transaction_pipeline() {
+    copy_round_trip("transaction");
+}
+
+#[test]
+fn session_pipeline_resets_a_connection_before_reuse() {
+    let pg = Postgres::start();
+    let pc = Pgcorral::start(&pg, "pipeline = \"session\"\nmax_connections = 1");
+    let mut a = pc.connect();
+    let pid: i32 = a
+        .query_one("select pg_backend_pid()", &[])
+        .expect("pid")
+        .get(0);
+    a.batch_execute("SET work_mem = '7MB'; CREATE TEMP TABLE mine(x int)")
+        .expect("dirty the session");
+    drop(a);
+    assert!(wait_until(Duration::from_secs(5), || pc
+        .workers()
+        .is_empty()));
+    let mut b = pc.connect();
+    let pid_b: i32 = b
+        .query_one("select pg_backend_pid()", &[])
+        .expect("pid")
+        .get(0);
+    assert_eq!(pid, pid_b, "the connection should be reused");
+    let wm: String = b.query_one("show work_mem", &[]).expect("work_mem").get(0);
+    assert_ne!(wm, "7MB", "a setting survived the reset");
+    let temp: i64 = b
+        .query_one("select count(*) from pg_class where relname = 'mine'", &[])
+        .expect("temp")
+        .get(0);
+    assert_eq!(temp, 0, "a temp table survived the reset");
+}
