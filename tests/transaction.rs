@@ -338,3 +338,90 @@ fn session_pipeline_resets_a_connection_before_reuse() {
         .get(0);
     assert_eq!(temp, 0, "a temp table survived the reset");
 }
+
+/// Reads one whole message: (tag, body).
+fn read_msg(s: &mut std::net::TcpStream) -> (u8, Vec<u8>) {
+    let mut head = [0u8; 5];
+    s.read_exact(&mut head).expect("message header");
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    assert!((4..1 << 20).contains(&len), "odd length {len}");
+    let mut body = vec![0u8; len - 4];
+    s.read_exact(&mut body).expect("message body");
+    (head[0], body)
+}
+
+fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = vec![tag];
+    v.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
+#[test]
+fn pipelined_extended_protocol_under_one_sync() {
+    let pg = Postgres::start();
+    let pc = Pgcorral::start(&pg, &format!("{TRANSACTION}\nmax_connections = 1"));
+    // Another client keeps taking the only connection between ours.
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy = {
+        let stop = stop.clone();
+        let mut other = pc.connect();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                other.batch_execute("select 1").expect("other client");
+            }
+        })
+    };
+    let mut s = pc.tcp_stream();
+    s.write_all(&common::startup_message("postgres", "postgres"))
+        .expect("startup");
+    loop {
+        let (tag, body) = read_msg(&mut s);
+        assert_ne!(
+            tag,
+            b'E',
+            "startup failed: {}",
+            String::from_utf8_lossy(&body)
+        );
+        if tag == b'Z' {
+            break;
+        }
+    }
+    for round in 0..3 {
+        // Ten unnamed statements, each parsed, bound and executed, one Sync.
+        let mut batch = Vec::new();
+        for i in 0..10 {
+            let sql = format!("select {i} + {round} * 100\0");
+            let mut parse = b"\0".to_vec();
+            parse.extend_from_slice(sql.as_bytes());
+            parse.extend_from_slice(&0u16.to_be_bytes());
+            batch.extend(msg(b'P', &parse));
+            batch.extend(msg(b'B', b"\0\0\0\0\0\0\0\0"));
+            batch.extend(msg(b'E', b"\0\0\0\0\0"));
+        }
+        batch.extend(msg(b'S', b""));
+        s.write_all(&batch).expect("write batch");
+        let mut values = Vec::new();
+        loop {
+            let (tag, body) = read_msg(&mut s);
+            match tag {
+                b'D' => {
+                    // One column: Int16 count, Int32 length, text.
+                    let len = u32::from_be_bytes([body[2], body[3], body[4], body[5]]) as usize;
+                    values.push(String::from_utf8_lossy(&body[6..6 + len]).into_owned());
+                }
+                b'E' => panic!("error: {}", String::from_utf8_lossy(&body)),
+                b'Z' => {
+                    assert_eq!(body, b"I");
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let want: Vec<String> = (0..10).map(|i| (i + round * 100).to_string()).collect();
+        assert_eq!(values, want, "round {round}");
+    }
+    s.write_all(&msg(b'X', b"")).expect("terminate");
+    stop.store(true, Ordering::Relaxed);
+    busy.join().expect("busy client");
+}
