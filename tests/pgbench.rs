@@ -3,26 +3,7 @@
 
 mod common;
 
-use std::process::Command;
-use std::time::Duration;
-
-use common::{output_within, pg_bin, Pgcorral, Postgres};
-
-fn pgbench(port: u16, args: &[&str]) -> (bool, String) {
-    let mut cmd = Command::new(pg_bin("pgbench"));
-    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
-        .args(args)
-        .arg("postgres")
-        .env("PGCONNECT_TIMEOUT", "10");
-    let out = output_within(&mut cmd, Duration::from_secs(120))
-        .unwrap_or_else(|e| panic!("pgbench {args:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
+use common::{pgbench, Pgcorral, Postgres};
 
 /// The number after `label` on its line, e.g. `number of failed
 /// transactions: 0 (0.000%)` → 0.

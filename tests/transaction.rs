@@ -10,27 +10,11 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{output_within, pg_bin, wait_until, Pgcorral, Postgres};
+use common::{output_within, pg_bin, pgbench, wait_until, Pgcorral, Postgres};
 use postgres::error::SqlState;
 use postgres::NoTls;
 
 const TRANSACTION: &str = "pipeline = \"transaction\"\nlog_level = \"info\"";
-
-fn pgbench(port: u16, args: &[&str]) -> (bool, String) {
-    let mut cmd = Command::new(pg_bin("pgbench"));
-    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
-        .args(args)
-        .arg("postgres")
-        .env("PGCONNECT_TIMEOUT", "30");
-    let out = output_within(&mut cmd, Duration::from_secs(180))
-        .unwrap_or_else(|e| panic!("pgbench {args:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
 
 fn failed_transactions(out: &str) -> Option<u64> {
     let line = out

@@ -11,7 +11,7 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::relay::Relay;
+use super::relay::{closed_or_io, interest, ready_to_read, retry, Relay};
 use super::{Outcome, SessionState};
 use crate::protocol::error_response::is_fatal_or_panic;
 use crate::protocol::framer::{Event, Flow, Framer};
@@ -140,7 +140,7 @@ impl<'a> Performance<'a> {
         if stopped.is_some() {
             // Forward what came before the Terminate, then end; the
             // Terminate itself is ours, the server connection stays open.
-            return Some(match self.drain_to_server() {
+            return Some(match self.c2s.drain(self.server) {
                 Ok(()) => Outcome::ClientTerminated,
                 Err(e) => server_write_failed(e),
             });
@@ -178,52 +178,12 @@ impl<'a> Performance<'a> {
             Err(e) => Some(client_write_failed(e)),
         }
     }
-
-    /// Blocks (in poll) until everything scanned for the server is written.
-    fn drain_to_server(&mut self) -> io::Result<()> {
-        while !self.c2s.flush(self.server)? {
-            let mut pfd = libc::pollfd {
-                fd: self.server.as_raw_fd(),
-                events: libc::POLLOUT,
-                revents: 0,
-            };
-            // SAFETY: polling one live descriptor.
-            if unsafe { libc::poll(&mut pfd, 1, -1) } < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-fn interest(read: bool, write: bool) -> libc::c_short {
-    (if read { libc::POLLIN } else { 0 }) | (if write { libc::POLLOUT } else { 0 })
-}
-
-fn ready_to_read(revents: libc::c_short) -> bool {
-    revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0
-}
-
-fn retry(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-    )
 }
 
 fn client_write_failed(e: io::Error) -> Outcome {
-    match e.kind() {
-        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => Outcome::ClientClosed,
-        _ => Outcome::Io(e),
-    }
+    closed_or_io(e, Outcome::ClientClosed)
 }
 
 fn server_write_failed(e: io::Error) -> Outcome {
-    match e.kind() {
-        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => Outcome::ServerClosed,
-        _ => Outcome::Io(e),
-    }
+    closed_or_io(e, Outcome::ServerClosed)
 }

@@ -135,3 +135,50 @@ impl Relay {
         }
     }
 }
+
+impl Relay {
+    /// Blocks (in poll) until everything scanned is written to `fd`.
+    pub fn drain(&mut self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        while !self.flush(fd)? {
+            let mut pfd = libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLOUT,
+                revents: 0,
+            };
+            // SAFETY: polling one live descriptor.
+            if unsafe { libc::poll(&mut pfd, 1, -1) } < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Poll events for a side: readable if its inbound buffer has room,
+/// writable if the other side left bytes for it.
+pub fn interest(read: bool, write: bool) -> libc::c_short {
+    (if read { libc::POLLIN } else { 0 }) | (if write { libc::POLLOUT } else { 0 })
+}
+
+/// A hang-up or error is read as such (end of stream or error) by `fill`.
+pub fn ready_to_read(revents: libc::c_short) -> bool {
+    revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0
+}
+
+pub fn retry(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
+}
+
+/// A peer that vanished is `closed`; any other error is reported as is.
+pub fn closed_or_io(e: io::Error, closed: super::Outcome) -> super::Outcome {
+    match e.kind() {
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => closed,
+        _ => super::Outcome::Io(e),
+    }
+}

@@ -12,7 +12,7 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::relay::Relay;
+use super::relay::{closed_or_io, interest, ready_to_read as ready, retry, Relay};
 use super::{Outcome, SessionState};
 use crate::protocol::error_response::is_fatal_or_panic;
 use crate::protocol::framer::{Event, Flow, Framer};
@@ -179,7 +179,11 @@ impl<'a, A: Attach> Transaction<'a, A> {
             }
         }
         if stopped.is_some() {
-            return Some(match self.drain_to_server() {
+            let drained = match self.server_fd() {
+                Some(fd) => self.c2s.drain(fd),
+                None => Ok(()),
+            };
+            return Some(match drained {
                 Ok(()) => Outcome::ClientTerminated,
                 Err(e) => closed_or_io(e, Outcome::ServerClosed),
             });
@@ -240,50 +244,5 @@ impl<'a, A: Attach> Transaction<'a, A> {
             self.attach.detach(true);
         }
         None
-    }
-
-    fn drain_to_server(&mut self) -> io::Result<()> {
-        let Some(fd) = self.server else {
-            return Ok(());
-        };
-        // SAFETY: as in `server_fd`.
-        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-        while !self.c2s.flush(fd)? {
-            let mut pfd = libc::pollfd {
-                fd: fd.as_raw_fd(),
-                events: libc::POLLOUT,
-                revents: 0,
-            };
-            // SAFETY: polling one live descriptor.
-            if unsafe { libc::poll(&mut pfd, 1, -1) } < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-fn interest(read: bool, write: bool) -> libc::c_short {
-    (if read { libc::POLLIN } else { 0 }) | (if write { libc::POLLOUT } else { 0 })
-}
-
-fn ready(revents: libc::c_short) -> bool {
-    revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0
-}
-
-fn retry(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-    )
-}
-
-fn closed_or_io(e: io::Error, closed: Outcome) -> Outcome {
-    match e.kind() {
-        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => closed,
-        _ => Outcome::Io(e),
     }
 }

@@ -1028,3 +1028,21 @@ pub fn write_tolerant(stream: &mut impl Write, bytes: &[u8]) {
         Err(e) => panic!("write to pgcorral: {e}"),
     }
 }
+
+/// Runs pgbench against 127.0.0.1:`port` as postgres on database postgres;
+/// returns whether it exited 0, and its stdout and stderr together.
+pub fn pgbench(port: u16, args: &[&str]) -> (bool, String) {
+    let mut cmd = Command::new(pg_bin("pgbench"));
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+        .args(args)
+        .arg("postgres")
+        .env("PGCONNECT_TIMEOUT", "30");
+    let out = output_within(&mut cmd, Duration::from_secs(180))
+        .unwrap_or_else(|e| panic!("pgbench {args:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
