@@ -20,6 +20,9 @@ pub const NAME_CAPACITY: usize = 64;
 pub const STARTUP_CAPACITY: usize = 4096;
 /// Room for an encoded authentication proof.
 pub const PROOF_CAPACITY: usize = 48;
+/// Protocol-level prepared statements recorded per server connection; the
+/// least recently used is closed on the server beyond this.
+pub const PREPARED_CAPACITY: usize = 128;
 
 /// Owner pid recorded for slots nobody holds.
 pub const NO_OWNER: i32 = 0;
@@ -109,6 +112,17 @@ struct ProofBlob {
     bytes: [u8; PROOF_CAPACITY],
 }
 
+/// Which prepared statements the connection has: 64-bit statement hashes
+/// (pgcorral's server-side names are derived from them) with a use stamp
+/// each, for least-recently-used eviction.
+#[repr(C)]
+struct PreparedSet {
+    len: u32,
+    clock: u32,
+    hashes: [u64; PREPARED_CAPACITY],
+    stamps: [u32; PREPARED_CAPACITY],
+}
+
 #[repr(C)]
 struct StartupBlob {
     len: u32,
@@ -138,6 +152,7 @@ pub struct Slot {
     identity: UnsafeCell<Identity>,
     startup: UnsafeCell<StartupBlob>,
     proof: UnsafeCell<ProofBlob>,
+    prepared: UnsafeCell<PreparedSet>,
 }
 
 // SAFETY: every shared field is atomic; the two UnsafeCell fields are written
@@ -351,6 +366,64 @@ impl Slot {
         &blob.bytes[..(blob.len as usize).min(PROOF_CAPACITY)]
     }
 
+    /// Whether the connection has the statement. Owner only.
+    pub fn has_prepared(&self, hash: u64) -> bool {
+        self.prepared_index(hash).is_some()
+    }
+
+    fn prepared_index(&self, hash: u64) -> Option<usize> {
+        // SAFETY: owner-only, as for `startup`; the length is clamped.
+        let set = unsafe { &mut *self.prepared.get() };
+        let n = (set.len as usize).min(PREPARED_CAPACITY);
+        let i = set.hashes[..n].iter().position(|h| *h == hash)?;
+        set.clock = set.clock.wrapping_add(1);
+        set.stamps[i] = set.clock;
+        Some(i)
+    }
+
+    /// Records that the connection now has the statement. Returns the
+    /// least recently used one it had to forget for room, which the caller
+    /// closes on the server. Owner only.
+    pub fn add_prepared(&self, hash: u64) -> Option<u64> {
+        if self.prepared_index(hash).is_some() {
+            return None;
+        }
+        // SAFETY: owner-only, as for `startup`.
+        let set = unsafe { &mut *self.prepared.get() };
+        set.clock = set.clock.wrapping_add(1);
+        let n = (set.len as usize).min(PREPARED_CAPACITY);
+        if n < PREPARED_CAPACITY {
+            set.hashes[n] = hash;
+            set.stamps[n] = set.clock;
+            set.len = n as u32 + 1;
+            return None;
+        }
+        let clock = set.clock;
+        let oldest = (0..n).max_by_key(|&i| clock.wrapping_sub(set.stamps[i]))?;
+        let evicted = set.hashes[oldest];
+        set.hashes[oldest] = hash;
+        set.stamps[oldest] = clock;
+        Some(evicted)
+    }
+
+    /// Owner only.
+    pub fn remove_prepared(&self, hash: u64) {
+        // SAFETY: owner-only, as for `startup`.
+        let set = unsafe { &mut *self.prepared.get() };
+        let n = (set.len as usize).min(PREPARED_CAPACITY);
+        if let Some(i) = set.hashes[..n].iter().position(|h| *h == hash) {
+            set.hashes[i] = set.hashes[n - 1];
+            set.stamps[i] = set.stamps[n - 1];
+            set.len = n as u32 - 1;
+        }
+    }
+
+    /// The connection has none (new, or after DISCARD ALL). Owner only.
+    pub fn clear_prepared(&self) {
+        // SAFETY: owner-only, as for `startup`.
+        unsafe { (*self.prepared.get()).len = 0 };
+    }
+
     /// The server's start-up messages. Owner only.
     pub fn startup(&self) -> &[u8] {
         // SAFETY: read by the owner after the acquire swap that made it owner;
@@ -546,6 +619,22 @@ mod tests {
             .iter()
             .all(|s| matches!(s.state(), SlotState::Free | SlotState::NotInit)));
         assert!(seg.limits()[0].active() as usize <= SLOTS);
+    }
+
+    #[test]
+    fn prepared_set_evicts_the_least_recently_used() {
+        let s = fresh();
+        for h in 0..PREPARED_CAPACITY as u64 {
+            assert_eq!(s.add_prepared(h + 1), None);
+        }
+        // Touch 1, so 2 is now the oldest.
+        assert!(s.has_prepared(1));
+        assert_eq!(s.add_prepared(999), Some(2));
+        assert!(s.has_prepared(999) && !s.has_prepared(2));
+        s.remove_prepared(999);
+        assert!(!s.has_prepared(999));
+        s.clear_prepared();
+        assert!(!s.has_prepared(1));
     }
 
     #[test]

@@ -140,6 +140,7 @@ pub fn open_new(
         return Err(WorkerError::StartupTooLarge(conn.startup.len()));
     }
     slot.set_proof(&proof.encode());
+    slot.clear_prepared();
     slot.set_backend(conn.backend_pid, conn.backend_key);
     let generation = slot.bump_generation();
     sockets.transfer(ctx, index, me, generation, conn.fd.as_fd())?;
@@ -216,6 +217,8 @@ pub fn reset(ctx: &Context<'_>, server: BorrowedFd<'_>, slot: &Slot) -> bool {
         let mut out = Vec::with_capacity(32);
         protocol::query(&mut out, "DISCARD ALL");
         io::write_all(server, &out).map_err(|e| e.to_string())?;
+        // Whatever the answer, the statements are gone or the connection is.
+        slot.clear_prepared();
         let mut ok = true;
         loop {
             let msg =
