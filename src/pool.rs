@@ -1,6 +1,8 @@
 //! Taking and giving back slots: the pool policy on top of the slot state
 //! machine. Workers call `acquire`/`release`/`discard`; the supervisor calls
-//! `reclaim_owner` and `finish_remove`.
+//! `reclaim_owner` and `finish_remove`; upkeep (the supervisor and its
+//! helpers) uses `take_for_check` and what follows it, and
+//! `reserve_for_prefill`.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -220,12 +222,73 @@ pub fn reclaim_owner(seg: &Segment, dead: i32) -> Vec<usize> {
 
 /// Supervisor: the connection of a REMOVE slot is closed; empty the slot.
 pub fn finish_remove(seg: &Segment, index: usize) -> bool {
+    empty(seg, index, SlotState::Remove, NO_OWNER)
+}
+
+/// A prefill helper opening a connection ahead of demand: charges the limit
+/// rule and reserves an empty slot, never evicting an idle connection of
+/// another database or user. The caller connects, then calls `publish_new`
+/// and `release`, or `abandon_new`.
+pub fn reserve_for_prefill(seg: &Segment, want: Want<'_>, me: i32) -> Option<usize> {
+    let limit = seg.limit(want.limit);
+    if let Some(l) = limit {
+        if !l.try_reserve() {
+            return None;
+        }
+    }
+    let got = reserve_empty(seg, want, me);
+    if got.is_none() {
+        if let Some(l) = limit {
+            l.release();
+        }
+    }
+    got
+}
+
+/// Supervisor or upkeep helper: takes an idle connection to check it
+/// (`check` is IDLE_CHECK, MAX_CONNECTION_AGE or VALIDATION), so that no
+/// worker can take it meanwhile.
+pub fn take_for_check(seg: &Segment, index: usize, check: SlotState, me: i32) -> bool {
+    seg.slots()
+        .get(index)
+        .is_some_and(|s| s.transition(SlotState::Free, NO_OWNER, check, me).is_ok())
+}
+
+/// The check passed: the connection goes back to the pool, its idle time
+/// unchanged.
+pub fn return_checked(seg: &Segment, index: usize, check: SlotState, me: i32) -> bool {
+    let ok = seg
+        .slots()
+        .get(index)
+        .is_some_and(|s| s.transition(check, me, SlotState::Free, NO_OWNER).is_ok());
+    if ok {
+        seg.notify();
+    }
+    ok
+}
+
+/// The check failed: the supervisor is to close the connection (REMOVE).
+pub fn condemn_checked(seg: &Segment, index: usize, check: SlotState, me: i32) -> bool {
+    seg.slots()
+        .get(index)
+        .is_some_and(|s| s.transition(check, me, SlotState::Remove, NO_OWNER).is_ok())
+}
+
+/// Supervisor: it closed the connection of a slot it held for a check;
+/// empty the slot.
+pub fn finish_checked(seg: &Segment, index: usize, check: SlotState, me: i32) -> bool {
+    empty(seg, index, check, me)
+}
+
+/// `(from, owner)` → NOTINIT, releasing the slot's limit charge and waking
+/// waiters.
+fn empty(seg: &Segment, index: usize, from: SlotState, owner: i32) -> bool {
     let Some(slot) = seg.slots().get(index) else {
         return false;
     };
     let limit = slot.limit_index();
     let ok = slot
-        .transition(SlotState::Remove, NO_OWNER, SlotState::NotInit, NO_OWNER)
+        .transition(from, owner, SlotState::NotInit, NO_OWNER)
         .is_ok();
     if ok {
         slot.set_backend(0, 0);
@@ -303,6 +366,83 @@ mod tests {
         assert!(finish_remove(&seg, a));
         assert!(seg.slots().iter().all(|s| s.state() == SlotState::NotInit));
         assert_eq!(seg.limits()[0].active(), 0);
+    }
+
+    #[test]
+    fn checks_hold_an_idle_slot_then_return_or_empty_it() {
+        let seg = Segment::create(2, &[2]).unwrap();
+        let Some(Acquired::New(i)) = try_acquire(&seg, want("d"), 10) else {
+            panic!()
+        };
+        assert!(!take_for_check(&seg, i, SlotState::IdleCheck, 1), "INIT");
+        publish_new(&seg, i, 10);
+        release(&seg, i, 10);
+        let used = seg.slots()[i].last_used_ms();
+        assert!(take_for_check(&seg, i, SlotState::Validation, 1));
+        assert_eq!(try_acquire(&seg, want("d"), 11), Some(Acquired::New(1 - i)));
+        assert!(
+            !return_checked(&seg, i, SlotState::Validation, 2),
+            "not owner"
+        );
+        assert!(return_checked(&seg, i, SlotState::Validation, 1));
+        assert_eq!(seg.slots()[i].last_used_ms(), used, "idle time kept");
+        assert!(take_for_check(&seg, i, SlotState::IdleCheck, 1));
+        assert!(finish_checked(&seg, i, SlotState::IdleCheck, 1));
+        assert_eq!(seg.slots()[i].state(), SlotState::NotInit);
+        assert_eq!(seg.limits()[0].active(), 1, "only the other slot counts");
+        abandon_new(&seg, 1 - i, 11);
+        let Some(Acquired::New(j)) = try_acquire(&seg, want("d"), 12) else {
+            panic!()
+        };
+        publish_new(&seg, j, 12);
+        release(&seg, j, 12);
+        assert!(take_for_check(&seg, j, SlotState::Validation, 1));
+        assert!(condemn_checked(&seg, j, SlotState::Validation, 1));
+        assert!(finish_remove(&seg, j));
+        assert_eq!(seg.limits()[0].active(), 0);
+        // A helper that dies while validating: its slot is reclaimed for
+        // closing, as its connection's state is unknown.
+        let Some(Acquired::New(k)) = try_acquire(&seg, want("d"), 13) else {
+            panic!()
+        };
+        publish_new(&seg, k, 13);
+        release(&seg, k, 13);
+        assert!(take_for_check(&seg, k, SlotState::Validation, 77));
+        assert_eq!(reclaim_owner(&seg, 77), vec![k]);
+        assert!(finish_remove(&seg, k));
+        assert_eq!(seg.limits()[0].active(), 0);
+    }
+
+    #[test]
+    fn prefill_reserves_only_empty_slots_within_the_limit() {
+        let seg = Segment::create(2, &[1, 5]).unwrap();
+        let mut other = want("o");
+        other.limit = Some(1);
+        let Some(Acquired::New(i)) = try_acquire(&seg, other, 10) else {
+            panic!()
+        };
+        publish_new(&seg, i, 10);
+        release(&seg, i, 10);
+        let j = reserve_for_prefill(&seg, want("d"), 20).unwrap();
+        assert_ne!(i, j);
+        assert_eq!(seg.slots()[j].snapshot(), (SlotState::Init, 20));
+        abandon_new(&seg, j, 20);
+        // max_size 1 of rule 0: a second reservation is refused and the
+        // charge given back.
+        let j = reserve_for_prefill(&seg, want("d"), 20).unwrap();
+        assert_eq!(reserve_for_prefill(&seg, want("d"), 21), None);
+        assert_eq!(seg.limits()[0].active(), 1);
+        abandon_new(&seg, j, 20);
+        // No empty slot: the idle connection of "o" is not evicted.
+        let mut big = want("o2");
+        big.limit = Some(1);
+        let Some(Acquired::New(k)) = try_acquire(&seg, big, 30) else {
+            panic!()
+        };
+        assert_eq!(reserve_for_prefill(&seg, want("d"), 20), None);
+        assert_eq!(seg.limits()[0].active(), 0, "charge released");
+        assert_eq!(seg.slots()[i].state(), SlotState::Free);
+        abandon_new(&seg, k, 30);
     }
 
     #[test]

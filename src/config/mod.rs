@@ -59,6 +59,12 @@ pub struct MainConfig {
     #[serde(deserialize_with = "duration::deserialize")]
     pub max_connection_age: Duration,
     pub validation: Validation,
+    /// How often `validation = "background"` tests idle pooled connections.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub background_interval: Duration,
+    /// Disconnect clients idle this long (pgagroal's key); zero means never.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub disconnect_client: Duration,
     #[serde(deserialize_with = "duration::deserialize")]
     pub authentication_timeout: Duration,
     pub log_type: LogType,
@@ -94,6 +100,8 @@ impl Default for MainConfig {
             idle_timeout: Duration::ZERO,
             max_connection_age: Duration::ZERO,
             validation: Validation::Off,
+            background_interval: Duration::from_secs(300),
+            disconnect_client: Duration::ZERO,
             authentication_timeout: DEFAULT_AUTHENTICATION_TIMEOUT,
             log_type: LogType::Console,
             log_level: LogLevel::Info,
@@ -348,26 +356,18 @@ impl Config {
     pub fn unimplemented_settings(&self) -> Vec<String> {
         let main = &self.main;
         let mut keys = Vec::new();
-        if !main.idle_timeout.is_zero() {
-            keys.push("idle_timeout");
-        }
-        if !main.max_connection_age.is_zero() {
-            keys.push("max_connection_age");
-        }
-        if main.validation != Validation::Off {
+        // Foreground validation needs the worker; background is built.
+        if main.validation == Validation::Foreground {
             keys.push("validation");
+        }
+        if !main.disconnect_client.is_zero() {
+            keys.push("disconnect_client");
         }
         if main.management != 0 {
             keys.push("management");
         }
         if main.metrics != 0 {
             keys.push("metrics");
-        }
-        if self.limits.iter().any(|l| l.initial_size > 0) {
-            keys.push("limit.initial_size");
-        }
-        if self.limits.iter().any(|l| l.min_size > 0) {
-            keys.push("limit.min_size");
         }
         keys.into_iter().map(String::from).collect()
     }
@@ -402,6 +402,9 @@ impl Config {
                 "max_connections",
                 &format!("must be between 1 and {MAX_CONNECTIONS_LIMIT}"),
             ));
+        }
+        if main.background_interval.is_zero() {
+            return Err(main_err("background_interval", "must be greater than 0"));
         }
         if main.log_type == LogType::File && main.log_path.is_none() {
             // Point at log_type: that is the line that made log_path necessary.

@@ -73,6 +73,8 @@ fn defaults_from_almost_empty_file() {
     assert_eq!(m.idle_timeout, Duration::ZERO);
     assert_eq!(m.max_connection_age, Duration::ZERO);
     assert_eq!(m.validation, Validation::Off);
+    assert_eq!(m.background_interval, Duration::from_secs(300));
+    assert_eq!(m.disconnect_client, Duration::ZERO);
     assert_eq!(m.authentication_timeout, Duration::from_secs(5));
     assert_eq!(m.log_type, LogType::Console);
     assert_eq!(m.log_level, LogLevel::Info);
@@ -302,6 +304,18 @@ fn rule_one_primary() {
 }
 
 #[test]
+fn rule_background_interval() {
+    let text = "[pgcorral]\nbackground_interval = 0\n[server.a]\n";
+    let (key, line, _) = invalid(text);
+    assert_eq!((key.as_str(), line), ("background_interval", Some(2)));
+    let text = "[pgcorral]\nbackground_interval = \"250ms\"\n[server.a]\n";
+    assert_eq!(
+        Config::from_toml(text).unwrap().main.background_interval,
+        Duration::from_millis(250)
+    );
+}
+
+#[test]
 fn rule_max_connections() {
     for value in [0, 10001] {
         let text = format!("[pgcorral]\nport = 1\nmax_connections = {value}\n[server.a]\n");
@@ -455,16 +469,14 @@ min_size = 2
     let config = Config::from_toml(text).unwrap();
     assert_eq!(
         config.unimplemented_settings(),
-        [
-            "idle_timeout",
-            "max_connection_age",
-            "validation",
-            "management",
-            "metrics",
-            "limit.initial_size",
-            "limit.min_size",
-        ]
+        ["validation", "management", "metrics"]
     );
+    let config = Config::from_toml(
+        "[pgcorral]\nvalidation = \"background\"\ndisconnect_client = 30\n[server.a]\n",
+    )
+    .unwrap();
+    assert_eq!(config.unimplemented_settings(), ["disconnect_client"]);
+    assert_eq!(config.main.disconnect_client, Duration::from_secs(30));
     // Explicit defaults are not reported.
     let text = "[pgcorral]\nidle_timeout = 0\nauthentication_timeout = \"5s\"\nvalidation = \"off\"\n[server.a]\n";
     assert!(Config::from_toml(text)

@@ -4,10 +4,12 @@
 //! async runtime, because it forks.
 
 pub mod listeners;
+pub mod prefill;
 pub mod requests;
 pub mod signals;
 pub mod spawn;
 pub mod upkeep;
+pub mod validation;
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -73,6 +75,7 @@ pub struct Supervisor {
     workers: HashSet<i32>,
     mode: Mode,
     credentials: Credentials,
+    upkeep: upkeep::Upkeep,
 }
 
 impl Supervisor {
@@ -115,6 +118,7 @@ impl Supervisor {
             }
         }
         log::info!("listening on {}", unix_path.display());
+        let upkeep = upkeep::Upkeep::new(&config);
         Ok(Supervisor {
             config,
             segment,
@@ -131,6 +135,7 @@ impl Supervisor {
             workers: HashSet::new(),
             mode: Mode::Running,
             credentials,
+            upkeep,
         })
     }
 
@@ -138,6 +143,7 @@ impl Supervisor {
     pub fn run(mut self) -> i32 {
         let mut events = Events::with_capacity(128);
         let mut last_sweep = Instant::now();
+        self.upkeep();
         loop {
             if let Err(e) = self.poll.poll(&mut events, Some(TICK)) {
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -165,6 +171,7 @@ impl Supervisor {
             }
             if last_sweep.elapsed() >= TICK {
                 self.sweep();
+                self.upkeep();
                 last_sweep = Instant::now();
             }
             if self.mode == Mode::Graceful && self.workers.is_empty() {

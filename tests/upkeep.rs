@@ -1,0 +1,329 @@
+//! Pool upkeep by the supervisor and its helpers: prefill to `initial_size`
+//! and `min_size`, `idle_timeout`, `max_connection_age` and background
+//! validation, each seen from PostgreSQL's side (pg_stat_activity).
+
+mod common;
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{wait_until, Pgcorral, Postgres};
+use pgcorral::segment::Segment;
+use pgcorral::slot::SlotState;
+
+const PREFILL_RULE: &str = r#"
+[[limit]]
+database = "postgres"
+user = "postgres"
+max_size = 5
+"#;
+
+fn backend_pid(client: &mut common::Client) -> i32 {
+    client
+        .query_one("select pg_backend_pid()", &[])
+        .expect("select pg_backend_pid()")
+        .get(0)
+}
+
+/// Pids of PostgreSQL's client backends other than the asking one: with
+/// only pgcorral connecting, the pool's connections.
+fn backends(pg: &Postgres) -> Vec<i32> {
+    let mut pids: Vec<i32> = pg
+        .psql(
+            "select pid from pg_stat_activity \
+             where backend_type = 'client backend' and pid <> pg_backend_pid()",
+        )
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+fn segment(pc: &Pgcorral) -> Segment {
+    Segment::attach_pid(pc.pid)
+        .unwrap_or_else(|e| panic!("attach to pgcorral {}'s shared segment: {e:?}", pc.pid))
+}
+
+fn slot_table(seg: &Segment) -> String {
+    seg.slots()
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.state() != SlotState::NotInit)
+        .map(|(i, s)| {
+            format!(
+                "slot {i}: {:?} owner {} backend {}\n",
+                s.state(),
+                s.owner_pid(),
+                s.backend_pid()
+            )
+        })
+        .collect()
+}
+
+/// Waits until no slot is held by a worker: the last client's connection
+/// is back in the pool (or gone).
+fn wait_returned(pc: &Pgcorral) {
+    let seg = segment(pc);
+    assert!(
+        wait_until(Duration::from_secs(5), || seg
+            .slots()
+            .iter()
+            .all(|s| !matches!(s.state(), SlotState::InUse | SlotState::Init))),
+        "a slot is still held 5 s after the client left:\n{}",
+        slot_table(&seg)
+    );
+}
+
+/// Asserts that the backend count stays `n` for `period`.
+fn stays(pg: &Postgres, n: usize, period: Duration, what: &str) {
+    let until = Instant::now() + period;
+    while Instant::now() < until {
+        let now = backends(pg);
+        assert_eq!(now.len(), n, "{what}: backends {now:?}");
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn initial_size_is_opened_at_start() {
+    let pg = Postgres::start();
+    let started = Instant::now();
+    let pc = Pgcorral::start(&pg, &format!("{PREFILL_RULE}initial_size = 3\n"));
+    assert!(
+        wait_until(
+            Duration::from_secs(5).saturating_sub(started.elapsed()),
+            || { backends(&pg).len() == 3 }
+        ),
+        "PostgreSQL shows {:?} 5 s after start, want 3 prefilled backends",
+        backends(&pg)
+    );
+    // No more than asked for, and they stay (no idle_timeout).
+    stays(&pg, 3, Duration::from_secs(2), "after prefill");
+    let seg = segment(&pc);
+    let free = seg
+        .slots()
+        .iter()
+        .filter(|s| s.state() == SlotState::Free)
+        .count();
+    assert_eq!(free, 3, "prefilled slots are FREE:\n{}", slot_table(&seg));
+
+    // A client is given one of them.
+    let prefilled = backends(&pg);
+    let mut client = pc.connect();
+    let pid = backend_pid(&mut client);
+    assert!(
+        prefilled.contains(&pid),
+        "client got backend {pid}, not one of the prefilled {prefilled:?}"
+    );
+    drop(client);
+    wait_returned(&pc);
+    assert_eq!(backends(&pg).len(), 3);
+}
+
+#[test]
+fn idle_timeout_stops_at_min_size_and_prefill_restores_it() {
+    let pg = Postgres::start();
+    let pc = Pgcorral::start(
+        &pg,
+        &format!(
+            "idle_timeout = \"2s\"\nvalidation = \"background\"\nbackground_interval = \"1s\"\n\
+             {PREFILL_RULE}initial_size = 3\nmin_size = 2\n"
+        ),
+    );
+    // initial_size first, then idle_timeout takes it down to min_size and
+    // no further.
+    assert!(
+        wait_until(Duration::from_secs(8), || backends(&pg).len() == 2),
+        "backends {:?}: idle_timeout did not bring the pool to min_size 2",
+        backends(&pg)
+    );
+    stays(&pg, 2, Duration::from_secs(4), "at min_size");
+
+    // Kill them behind pgcorral's back, as a flush would end them:
+    // validation notices, and prefill brings the pool back to min_size.
+    let old = backends(&pg);
+    pg.psql(
+        "select pg_terminate_backend(pid) from pg_stat_activity \
+         where backend_type = 'client backend' and pid <> pg_backend_pid()",
+    );
+    let back = wait_until(Duration::from_secs(10), || {
+        let now = backends(&pg);
+        now.len() == 2 && now.iter().all(|p| !old.contains(p))
+    });
+    assert!(
+        back,
+        "pool not back at min_size with new backends 10 s after {old:?} were terminated: {:?}\n{}",
+        backends(&pg),
+        slot_table(&segment(&pc))
+    );
+    let mut client = pc.connect();
+    let pid = backend_pid(&mut client);
+    assert!(!old.contains(&pid), "client got terminated backend {pid}");
+}
+
+#[test]
+fn idle_timeout_closes_a_connection_its_client_left() {
+    let pg = Postgres::start();
+    let pc = Pgcorral::start(&pg, "idle_timeout = \"2s\"\n");
+    let mut client = pc.connect();
+    let pid = backend_pid(&mut client);
+    drop(client);
+    let left = Instant::now();
+    wait_returned(&pc);
+    thread::sleep(Duration::from_millis(500).saturating_sub(left.elapsed()));
+    assert!(
+        left.elapsed() >= Duration::from_secs(2) || pg.backend_exists(pid),
+        "backend {pid} closed before idle_timeout"
+    );
+    assert!(
+        wait_until(
+            Duration::from_secs(4).saturating_sub(left.elapsed()),
+            || { !pg.backend_exists(pid) }
+        ),
+        "backend {pid} still open {:?} after its client left (idle_timeout 2s)",
+        left.elapsed()
+    );
+    // The pool serves the next client with a new connection.
+    let mut again = pc.connect();
+    assert_ne!(backend_pid(&mut again), pid);
+}
+
+#[test]
+fn max_connection_age_closes_idle_and_returned_connections() {
+    let pg = Postgres::start();
+    let pc = Pgcorral::start(&pg, "max_connection_age = \"3s\"\n");
+
+    // Idle in the pool: closed within twice the age of its creation.
+    let created = Instant::now();
+    let mut client = pc.connect();
+    let idle_pid = backend_pid(&mut client);
+    drop(client);
+    wait_returned(&pc);
+    assert!(
+        wait_until(
+            Duration::from_secs(6).saturating_sub(created.elapsed()),
+            || { !pg.backend_exists(idle_pid) }
+        ),
+        "idle backend {idle_pid} still open {:?} after its creation (max_connection_age 3s)",
+        created.elapsed()
+    );
+
+    // In use past its age: left alone while its client works, closed once
+    // the client is gone.
+    let created = Instant::now();
+    let mut client = pc.connect();
+    let busy_pid = backend_pid(&mut client);
+    while created.elapsed() < Duration::from_secs(5) {
+        client
+            .simple_query("select 1")
+            .expect("the session keeps working past max_connection_age");
+        thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(backend_pid(&mut client), busy_pid, "same backend all along");
+    drop(client);
+    let left = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(3), || !pg.backend_exists(busy_pid)),
+        "backend {busy_pid}, past its age, still open {:?} after its client left",
+        left.elapsed()
+    );
+    let mut again = pc.connect();
+    assert_ne!(backend_pid(&mut again), busy_pid);
+}
+
+#[test]
+fn background_validation_removes_a_dead_connection() {
+    let pg = Postgres::start();
+    let pc = Pgcorral::start(
+        &pg,
+        "validation = \"background\"\nbackground_interval = \"1s\"\n",
+    );
+    let mut client = pc.connect();
+    let pid = backend_pid(&mut client);
+    drop(client);
+    wait_returned(&pc);
+    // Validation of a live connection leaves it in the pool.
+    thread::sleep(Duration::from_millis(2500));
+    assert!(
+        pg.backend_exists(pid),
+        "validation closed a healthy connection"
+    );
+    let mut client = pc.connect();
+    assert_eq!(
+        backend_pid(&mut client),
+        pid,
+        "healthy connection not reused"
+    );
+    drop(client);
+    wait_returned(&pc);
+
+    assert_eq!(
+        pg.psql(&format!("select pg_terminate_backend({pid})")),
+        "t",
+        "terminate backend {pid}"
+    );
+    let seg = segment(&pc);
+    assert!(
+        wait_until(Duration::from_secs(5), || seg
+            .slots()
+            .iter()
+            .all(|s| s.backend_pid() != pid || s.state() == SlotState::NotInit)),
+        "the slot of terminated backend {pid} was not emptied:\n{}",
+        slot_table(&seg)
+    );
+    assert!(
+        pc.log().contains("failed validation"),
+        "no validation failure in the log"
+    );
+    let mut client = pc.connect();
+    let new_pid = backend_pid(&mut client);
+    assert_ne!(new_pid, pid);
+    let one: i32 = client
+        .query_one("select 1", &[])
+        .expect("the next client gets a working connection")
+        .get(0);
+    assert_eq!(one, 1);
+}
+
+/// Every duty at once, with short periods, while pgbench opens a client per
+/// transaction: upkeep takes only idle connections, so no client ever sees
+/// an error.
+#[test]
+fn upkeep_under_load_fails_no_transaction() {
+    let pg = Postgres::start();
+    let (ok, out) = common::pgbench(pg.port, &["-i", "-s", "1", "-q"]);
+    assert!(ok, "pgbench -i directly against PostgreSQL failed:\n{out}");
+    let pc = Pgcorral::start(
+        &pg,
+        &format!(
+            "max_connections = 12\nlog_level = \"info\"\nidle_timeout = \"1s\"\n\
+             max_connection_age = \"2s\"\nvalidation = \"background\"\n\
+             background_interval = \"1s\"\n\
+             {PREFILL_RULE}initial_size = 4\nmin_size = 3\n"
+        ),
+    );
+    let (ok, out) = common::pgbench(pc.port, &["-S", "-C", "-c", "6", "-j", "2", "-T", "8"]);
+    assert!(ok, "pgbench through pgcorral exited with an error:\n{out}");
+    let errors: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("error") || l.contains("FATAL"))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "pgbench reported errors:\n{}",
+        errors.join("\n")
+    );
+    let log = pc.log();
+    assert!(
+        !log.contains("failed validation") && !log.contains("panicked"),
+        "upkeep misbehaved under load:\n{}",
+        common::tail(&pc.log_path, 50)
+    );
+    // Once the load is gone, the pool settles at min_size.
+    assert!(
+        wait_until(Duration::from_secs(8), || backends(&pg).len() == 3),
+        "backends {:?} after the load, want min_size 3",
+        backends(&pg)
+    );
+}
