@@ -286,6 +286,43 @@ fn background_validation_removes_a_dead_connection() {
     assert_eq!(one, 1);
 }
 
+/// With foreground validation a worker tests a pooled connection before
+/// using it: a backend that died while idle is thrown away and the client
+/// never sees it, in both session-bound and transaction pooling.
+#[test]
+fn foreground_validation_hides_a_dead_pooled_connection() {
+    for pipeline in ["performance", "transaction"] {
+        let pg = Postgres::start();
+        let pc = Pgcorral::start(
+            &pg,
+            &format!(
+                "validation = \"foreground\"\npipeline = \"{pipeline}\"\nmax_connections = 1\n"
+            ),
+        );
+        let mut client = pc.connect();
+        let pid = backend_pid(&mut client);
+        drop(client);
+        wait_returned(&pc);
+        assert_eq!(
+            pg.psql(&format!("select pg_terminate_backend({pid})")),
+            "t",
+            "terminate backend {pid}"
+        );
+        assert!(wait_until(Duration::from_secs(5), || !pg.backend_exists(pid)));
+        let mut client = pc.connect();
+        let one: i32 = client
+            .query_one("select 1", &[])
+            .unwrap_or_else(|e| panic!("{pipeline}: the client saw the dead connection: {e}"))
+            .get(0);
+        assert_eq!(one, 1);
+        assert_ne!(backend_pid(&mut client), pid, "{pipeline}");
+        assert!(
+            pc.log().contains("failed validation"),
+            "{pipeline}: no validation failure in the log"
+        );
+    }
+}
+
 /// Every duty at once, with short periods, while pgbench opens a client per
 /// transaction: upkeep takes only idle connections, so no client ever sees
 /// an error.

@@ -356,10 +356,6 @@ impl Config {
     pub fn unimplemented_settings(&self) -> Vec<String> {
         let main = &self.main;
         let mut keys = Vec::new();
-        // Foreground validation needs the worker; background is built.
-        if main.validation == Validation::Foreground {
-            keys.push("validation");
-        }
         if !main.disconnect_client.is_zero() {
             keys.push("disconnect_client");
         }

@@ -469,7 +469,7 @@ min_size = 2
     let config = Config::from_toml(text).unwrap();
     assert_eq!(
         config.unimplemented_settings(),
-        ["validation", "management", "metrics"]
+        ["management", "metrics"]
     );
     let config = Config::from_toml(
         "[pgcorral]\nvalidation = \"background\"\ndisconnect_client = 30\n[server.a]\n",

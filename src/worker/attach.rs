@@ -10,6 +10,7 @@ use super::auth_proof::AuthProof;
 use super::io::{self, FdIo};
 use super::server_connect::{self, Login};
 use super::{Context, WorkerError};
+use crate::config::Validation;
 use crate::management::client::ManagementClient;
 use crate::management::ManagementError;
 use crate::pipeline::params::{self, Params};
@@ -145,6 +146,36 @@ pub fn open_new(
     let generation = slot.bump_generation();
     sockets.transfer(ctx, index, me, generation, conn.fd.as_fd())?;
     Ok(sockets.keep(index, generation, conn.fd))
+}
+
+/// With `validation = "foreground"`, tests a pooled connection before it
+/// is used; a dead one is thrown away (the supervisor closes it) and false
+/// tells the caller to acquire again.
+pub fn validate(
+    ctx: &Context<'_>,
+    sockets: &mut Sockets,
+    index: usize,
+    me: i32,
+    fd: RawFd,
+) -> bool {
+    if ctx.config.main.validation != Validation::Foreground {
+        return true;
+    }
+    // SAFETY: the slot's socket, open while this worker holds the slot.
+    let server = unsafe { BorrowedFd::borrow_raw(fd) };
+    match crate::supervisor::validation::probe(server, connect_timeout(ctx)) {
+        Ok(()) => true,
+        Err(e) => {
+            let slot = &ctx.segment.slots()[index];
+            log::info!(
+                "slot {index}: backend {} failed validation ({e})",
+                slot.backend_pid()
+            );
+            sockets.forget(index);
+            pool::discard(ctx.segment, index, me);
+            false
+        }
+    }
 }
 
 pub fn connect_timeout(ctx: &Context<'_>) -> Duration {

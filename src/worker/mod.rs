@@ -195,39 +195,49 @@ fn serve(ctx: &Context<'_>, client: BorrowedFd<'_>, peer: &Peer) -> Result<(), W
         server: 0,
     };
     let deadline = Instant::now() + main.blocking_timeout;
-    let got = pool::acquire(ctx.segment, want, me, deadline)?;
+    let mut sockets = Sockets::new();
+    let (got, fd) = loop {
+        let got = pool::acquire(ctx.segment, want, me, deadline)?;
+        if let (Acquired::Pooled(i), Admission::PassThrough { trusted: false }) = (got, &admission)
+        {
+            let slot = &ctx.segment.slots()[i];
+            let proof = AuthProof::decode(slot.proof());
+            if let Err(e) = client_auth::check_pooled(client, &user, &proof) {
+                // Nothing reached the server: the connection goes back untouched.
+                if proof == AuthProof::NotReusable {
+                    pool::discard(ctx.segment, i, me);
+                } else {
+                    pool::release(ctx.segment, i, me);
+                }
+                return Err(e.into());
+            }
+        }
+        let fd = match got {
+            Acquired::Pooled(i) => {
+                let fd = sockets.pooled(ctx, i).inspect_err(|_| {
+                    pool::discard(ctx.segment, i, me);
+                })?;
+                if !attach::validate(ctx, &mut sockets, i, me, fd) {
+                    continue;
+                }
+                fd
+            }
+            Acquired::New(i) => {
+                let login = match &admission {
+                    Admission::Vault { server_password } => Login::Password(server_password),
+                    Admission::PassThrough { .. } => Login::Relay(client),
+                };
+                attach::open_new(ctx, &mut sockets, i, me, &startup, login).inspect_err(|_| {
+                    pool::abandon_new(ctx.segment, i, me);
+                })?
+            }
+        };
+        break (got, fd);
+    };
     let slot_index = match got {
         Acquired::Pooled(i) | Acquired::New(i) => i,
     };
     let slot = &ctx.segment.slots()[slot_index];
-
-    if let (Acquired::Pooled(i), Admission::PassThrough { trusted: false }) = (got, &admission) {
-        let proof = AuthProof::decode(slot.proof());
-        if let Err(e) = client_auth::check_pooled(client, &user, &proof) {
-            // Nothing reached the server: the connection goes back untouched.
-            if proof == AuthProof::NotReusable {
-                pool::discard(ctx.segment, i, me);
-            } else {
-                pool::release(ctx.segment, i, me);
-            }
-            return Err(e.into());
-        }
-    }
-    let mut sockets = Sockets::new();
-    let fd = match got {
-        Acquired::Pooled(i) => sockets.pooled(ctx, i).inspect_err(|_| {
-            pool::discard(ctx.segment, i, me);
-        })?,
-        Acquired::New(i) => {
-            let login = match &admission {
-                Admission::Vault { server_password } => Login::Password(server_password),
-                Admission::PassThrough { .. } => Login::Relay(client),
-            };
-            attach::open_new(ctx, &mut sockets, i, me, &startup, login).inspect_err(|_| {
-                pool::abandon_new(ctx.segment, i, me);
-            })?
-        }
-    };
     // SAFETY: `fd` is the slot's socket, kept open by `sockets` or by the
     // inherited pooled range while this worker holds the slot.
     let server = unsafe { BorrowedFd::borrow_raw(fd) };

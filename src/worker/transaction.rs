@@ -37,29 +37,42 @@ impl WorkerAttach<'_> {
             server: 0,
         };
         let deadline = Instant::now() + self.ctx.config.main.blocking_timeout;
-        let got = pool::acquire(self.ctx.segment, want, self.me, deadline)?;
-        let (index, fd) = match got {
-            Acquired::Pooled(i) => match self.sockets.pooled(self.ctx, i) {
-                Ok(fd) => (i, fd),
-                Err(e) => {
-                    pool::discard(self.ctx.segment, i, self.me);
-                    return Err(e);
-                }
-            },
-            Acquired::New(i) => {
-                // Mid-session the client cannot be asked for its password
-                // again: a new connection needs the vault, or a server
-                // that asks for none.
-                let login = match self.admission {
-                    Admission::Vault { server_password } => Login::Password(server_password),
-                    Admission::PassThrough { .. } => Login::Trust,
-                };
-                match attach::open_new(self.ctx, &mut self.sockets, i, self.me, self.startup, login)
-                {
-                    Ok(fd) => (i, fd),
+        let (index, fd) = loop {
+            let got = pool::acquire(self.ctx.segment, want, self.me, deadline)?;
+            match got {
+                Acquired::Pooled(i) => match self.sockets.pooled(self.ctx, i) {
+                    Ok(fd) => {
+                        if !attach::validate(self.ctx, &mut self.sockets, i, self.me, fd) {
+                            continue;
+                        }
+                        break (i, fd);
+                    }
                     Err(e) => {
-                        pool::abandon_new(self.ctx.segment, i, self.me);
+                        pool::discard(self.ctx.segment, i, self.me);
                         return Err(e);
+                    }
+                },
+                Acquired::New(i) => {
+                    // Mid-session the client cannot be asked for its password
+                    // again: a new connection needs the vault, or a server
+                    // that asks for none.
+                    let login = match self.admission {
+                        Admission::Vault { server_password } => Login::Password(server_password),
+                        Admission::PassThrough { .. } => Login::Trust,
+                    };
+                    match attach::open_new(
+                        self.ctx,
+                        &mut self.sockets,
+                        i,
+                        self.me,
+                        self.startup,
+                        login,
+                    ) {
+                        Ok(fd) => break (i, fd),
+                        Err(e) => {
+                            pool::abandon_new(self.ctx.segment, i, self.me);
+                            return Err(e);
+                        }
                     }
                 }
             }
