@@ -364,3 +364,52 @@ fn upkeep_under_load_fails_no_transaction() {
         backends(&pg)
     );
 }
+
+/// disconnect_client ends a client that sits idle outside a transaction,
+/// and its connection goes back to the pool; a client inside a transaction
+/// or running a query is left alone.
+#[test]
+fn disconnect_client_ends_idle_clients_only() {
+    for pipeline in ["performance", "transaction"] {
+        let pg = Postgres::start();
+        let pc = Pgcorral::start(
+            &pg,
+            &format!(
+                "disconnect_client = \"1s\"\npipeline = \"{pipeline}\"\nmax_connections = 2\n"
+            ),
+        );
+        let mut idle = pc.connect();
+        let pid = backend_pid(&mut idle);
+        let mut busy = pc.connect();
+        busy.batch_execute("BEGIN").expect("begin");
+        let long = busy.simple_query("select pg_sleep(2)");
+        assert!(
+            long.is_ok(),
+            "{pipeline}: a running query was cut: {long:?}"
+        );
+        thread::sleep(Duration::from_millis(1500));
+        // `busy` sat in an open transaction: still alive.
+        busy.batch_execute("COMMIT")
+            .expect("the client in a transaction was kept");
+        let err = idle
+            .simple_query("select 1")
+            .expect_err("the idle client should have been disconnected");
+        let code = err.as_db_error().map(|d| d.code().code().to_string());
+        assert!(
+            code.as_deref() == Some("57P05") || err.is_closed(),
+            "{pipeline}: unexpected error {err:?}"
+        );
+        drop(busy);
+        wait_returned(&pc);
+        if pipeline == "performance" {
+            // The idle client's connection went back clean and is reused.
+            let mut next = pc.connect();
+            let got = backend_pid(&mut next);
+            assert!(
+                pg.backend_exists(pid),
+                "{pipeline}: the idle client's backend was closed"
+            );
+            let _ = got;
+        }
+    }
+}

@@ -356,9 +356,6 @@ impl Config {
     pub fn unimplemented_settings(&self) -> Vec<String> {
         let main = &self.main;
         let mut keys = Vec::new();
-        if !main.disconnect_client.is_zero() {
-            keys.push("disconnect_client");
-        }
         if main.management != 0 {
             keys.push("management");
         }

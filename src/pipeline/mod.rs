@@ -32,13 +32,19 @@ pub enum Outcome {
     /// No server connection could be had for the client's next
     /// transaction; the client was told why.
     AttachFailed,
+    /// The client sat idle, outside a transaction, longer than
+    /// `disconnect_client`.
+    IdleTimeout,
 }
 
 impl Outcome {
     /// Whether the client's end leaves the server connection fit for the
     /// next client, given what the pipeline saw.
     pub fn leaves_server_reusable(&self, state: &SessionState) -> bool {
-        matches!(self, Outcome::ClientTerminated | Outcome::ClientClosed) && state.is_clean()
+        matches!(
+            self,
+            Outcome::ClientTerminated | Outcome::ClientClosed | Outcome::IdleTimeout
+        ) && state.is_clean()
     }
 }
 
@@ -50,6 +56,17 @@ pub fn resolve(kind: PipelineKind) -> Result<PipelineKind, String> {
         PipelineKind::Auto => Ok(PipelineKind::Performance),
         other => Ok(other),
     }
+}
+
+/// How long `ppoll` may wait: until `limit` only while the session is idle
+/// (nothing in flight, outside a transaction, nothing buffered), else for
+/// ever. A timeout means the client sat idle that long.
+pub fn idle_wait(limit: Option<std::time::Duration>, idle: bool) -> Option<libc::timespec> {
+    let limit = limit.filter(|_| idle)?;
+    Some(libc::timespec {
+        tv_sec: limit.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: limit.subsec_nanos() as libc::c_long,
+    })
 }
 
 /// Writes a whole message to a non-blocking socket, waiting for room; used

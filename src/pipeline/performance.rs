@@ -32,6 +32,7 @@ pub struct Performance<'a> {
     pub state: SessionState,
     stop: &'a AtomicBool,
     wait_mask: libc::sigset_t,
+    idle_limit: Option<std::time::Duration>,
 }
 
 impl<'a> Performance<'a> {
@@ -52,6 +53,7 @@ impl<'a> Performance<'a> {
             state: SessionState::default(),
             stop,
             wait_mask,
+            idle_limit: None,
         }
     }
 
@@ -63,6 +65,13 @@ impl<'a> Performance<'a> {
 
     /// Whether an ErrorResponse may be written to the client now without
     /// splitting a message it is receiving.
+    /// Ends the session (`Outcome::IdleTimeout`) after the client sat idle
+    /// outside a transaction this long.
+    pub fn with_idle_limit(mut self, limit: Option<std::time::Duration>) -> Self {
+        self.idle_limit = limit.filter(|l| !l.is_zero());
+        self
+    }
+
     pub fn client_at_boundary(&self) -> bool {
         self.s2c.out_at_boundary()
     }
@@ -72,6 +81,8 @@ impl<'a> Performance<'a> {
             if self.stop.load(Ordering::Relaxed) {
                 return Outcome::Shutdown;
             }
+            let idle = self.state.is_clean() && !self.c2s.has_pending() && !self.s2c.has_pending();
+            let wait = super::idle_wait(self.idle_limit, idle);
             let mut fds = [
                 libc::pollfd {
                     fd: self.client.as_raw_fd(),
@@ -86,13 +97,23 @@ impl<'a> Performance<'a> {
             ];
             // SAFETY: polling two live descriptors through an array we own,
             // with a signal mask that lives across the call.
-            let n = unsafe { libc::ppoll(fds.as_mut_ptr(), 2, std::ptr::null(), &self.wait_mask) };
+            let n = unsafe {
+                libc::ppoll(
+                    fds.as_mut_ptr(),
+                    2,
+                    wait.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec),
+                    &self.wait_mask,
+                )
+            };
             if n < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
                 return Outcome::Io(e);
+            }
+            if n == 0 {
+                return Outcome::IdleTimeout;
             }
             let [c, s] = fds;
             if ready_to_read(c.revents) && self.c2s.has_room() {

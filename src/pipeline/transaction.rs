@@ -45,6 +45,7 @@ pub struct Transaction<'a, A: Attach> {
     pub state: SessionState,
     stop: &'a AtomicBool,
     wait_mask: libc::sigset_t,
+    idle_limit: Option<std::time::Duration>,
     attach: A,
 }
 
@@ -63,6 +64,7 @@ impl<'a, A: Attach> Transaction<'a, A> {
             state: SessionState::default(),
             stop,
             wait_mask,
+            idle_limit: None,
             attach,
         }
     }
@@ -77,6 +79,13 @@ impl<'a, A: Attach> Transaction<'a, A> {
             self.attach.detach(clean);
         }
         outcome
+    }
+
+    /// Ends the session (`Outcome::IdleTimeout`) after the client sat idle
+    /// outside a transaction this long.
+    pub fn with_idle_limit(mut self, limit: Option<std::time::Duration>) -> Self {
+        self.idle_limit = limit.filter(|l| !l.is_zero());
+        self
     }
 
     pub fn client_at_boundary(&self) -> bool {
@@ -96,6 +105,8 @@ impl<'a, A: Attach> Transaction<'a, A> {
             if self.stop.load(Ordering::Relaxed) {
                 return Outcome::Shutdown;
             }
+            let idle = self.state.is_clean() && !self.c2s.has_pending() && !self.s2c.has_pending();
+            let wait = super::idle_wait(self.idle_limit, idle);
             let mut fds = [
                 libc::pollfd {
                     fd: self.client.as_raw_fd(),
@@ -111,13 +122,23 @@ impl<'a, A: Attach> Transaction<'a, A> {
             // SAFETY: polling live descriptors (a negative one is ignored by
             // the kernel) through an array we own, with a mask that lives
             // across the call.
-            let n = unsafe { libc::ppoll(fds.as_mut_ptr(), 2, std::ptr::null(), &self.wait_mask) };
+            let n = unsafe {
+                libc::ppoll(
+                    fds.as_mut_ptr(),
+                    2,
+                    wait.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec),
+                    &self.wait_mask,
+                )
+            };
             if n < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
                 return Outcome::Io(e);
+            }
+            if n == 0 {
+                return Outcome::IdleTimeout;
             }
             let [c, s] = fds;
             if ready(c.revents) && self.c2s.has_room() {

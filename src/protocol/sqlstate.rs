@@ -16,6 +16,9 @@ pub const ADMIN_SHUTDOWN: &str = "57P01";
 pub const CANNOT_CONNECT_NOW: &str = "57P03";
 pub const INTERNAL_ERROR: &str = "XX000";
 
+/// idle_session_timeout, also used for `disconnect_client`.
+pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
+
 #[cfg(test)]
 mod tests {
     use super::*;

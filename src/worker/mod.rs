@@ -296,12 +296,12 @@ fn serve(ctx: &Context<'_>, client: BorrowedFd<'_>, peer: &Peer) -> Result<(), W
             secret,
             held: None,
         };
-        let outcome = run_transaction(client, attach);
+        let outcome = run_transaction(client, attach, main.disconnect_client);
         log_outcome(peer, &outcome);
         return Ok(());
     }
 
-    let (outcome, state) = run_pipeline(client, server);
+    let (outcome, state) = run_pipeline(client, server, main.disconnect_client);
     log_outcome(peer, &outcome);
     let mut reusable = outcome.leaves_server_reusable(&state)
         && AuthProof::decode(slot.proof()) != AuthProof::NotReusable;
@@ -326,16 +326,22 @@ fn log_outcome(peer: &Peer, outcome: &Outcome) {
         | Outcome::ServerClosed
         | Outcome::Shutdown
         | Outcome::AttachFailed => {}
+        Outcome::IdleTimeout => log::info!("{peer}: idle longer than disconnect_client; disconnected"),
         other => log::warn!("{peer}: session ended: {other:?}"),
     }
 }
 
-fn run_transaction(client: BorrowedFd<'_>, attach: WorkerAttach<'_>) -> Outcome {
+fn run_transaction(
+    client: BorrowedFd<'_>,
+    attach: WorkerAttach<'_>,
+    idle_limit: Duration,
+) -> Outcome {
     if let Err(e) = io::set_nonblocking(client, true) {
         return Outcome::Io(e);
     }
     signals::enter_pipeline();
-    let mut p = Transaction::new(client, attach, &signals::STOP, signals::wait_mask());
+    let mut p = Transaction::new(client, attach, &signals::STOP, signals::wait_mask())
+        .with_idle_limit(Some(idle_limit));
     let outcome = p.run();
     tell_client(
         client,
@@ -351,6 +357,15 @@ fn run_transaction(client: BorrowedFd<'_>, attach: WorkerAttach<'_>) -> Outcome 
 fn tell_client(client: BorrowedFd<'_>, outcome: &Outcome, server_fatal: bool, at_boundary: bool) {
     let msg = match outcome {
         Outcome::Shutdown => Some(signals::shutdown_message().to_vec()),
+        Outcome::IdleTimeout => {
+            let mut out = Vec::new();
+            ErrorResponse::fatal(
+                sqlstate::IDLE_SESSION_TIMEOUT,
+                "terminating connection due to idle-session timeout (disconnect_client)",
+            )
+            .encode(&mut out);
+            Some(out)
+        }
         Outcome::ClientProtocol(e) => {
             let mut out = Vec::new();
             ErrorResponse::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string()).encode(&mut out);
@@ -377,6 +392,7 @@ fn tell_client(client: BorrowedFd<'_>, outcome: &Outcome, server_fatal: bool, at
 fn run_pipeline(
     client: BorrowedFd<'_>,
     server: BorrowedFd<'_>,
+    idle_limit: Duration,
 ) -> (Outcome, crate::pipeline::SessionState) {
     if let Err(e) =
         io::set_nonblocking(client, true).and_then(|_| io::set_nonblocking(server, true))
@@ -384,7 +400,8 @@ fn run_pipeline(
         return (Outcome::Io(e), Default::default());
     }
     signals::enter_pipeline();
-    let mut p = Performance::new(client, server, &signals::STOP, signals::wait_mask());
+    let mut p = Performance::new(client, server, &signals::STOP, signals::wait_mask())
+        .with_idle_limit(Some(idle_limit));
     let outcome = p.run();
     tell_client(
         client,
