@@ -101,7 +101,8 @@ impl<'a> Performance<'a> {
                 libc::ppoll(
                     fds.as_mut_ptr(),
                     2,
-                    wait.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec),
+                    wait.as_ref()
+                        .map_or(std::ptr::null(), |t| t as *const libc::timespec),
                     &self.wait_mask,
                 )
             };

@@ -126,7 +126,8 @@ impl<'a, A: Attach> Transaction<'a, A> {
                 libc::ppoll(
                     fds.as_mut_ptr(),
                     2,
-                    wait.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec),
+                    wait.as_ref()
+                        .map_or(std::ptr::null(), |t| t as *const libc::timespec),
                     &self.wait_mask,
                 )
             };

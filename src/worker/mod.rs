@@ -326,7 +326,9 @@ fn log_outcome(peer: &Peer, outcome: &Outcome) {
         | Outcome::ServerClosed
         | Outcome::Shutdown
         | Outcome::AttachFailed => {}
-        Outcome::IdleTimeout => log::info!("{peer}: idle longer than disconnect_client; disconnected"),
+        Outcome::IdleTimeout => {
+            log::info!("{peer}: idle longer than disconnect_client; disconnected")
+        }
         other => log::warn!("{peer}: session ended: {other:?}"),
     }
 }
