@@ -96,3 +96,25 @@ fn psql_over_tcp_and_unix_socket() {
         "psql shows the server's error: {err}"
     );
 }
+
+#[test]
+fn connections_and_disconnections_are_logged_when_asked() {
+    let pg = Postgres::start();
+    let pc = Pgcorral::start(
+        &pg,
+        "log_level = \"info\"\nlog_connections = true\nlog_disconnections = true",
+    );
+    let mut c = pc.connect();
+    c.simple_query("select 1").expect("query");
+    drop(c);
+    assert!(
+        common::wait_until(std::time::Duration::from_secs(5), || {
+            let log = pc.log();
+            log.contains("connection: postgres/postgres from 127.0.0.1:")
+                && log.contains("disconnection: postgres/postgres from 127.0.0.1:")
+                && log.contains("(client terminated)")
+        }),
+        "log lines missing:\n{}",
+        pc.log()
+    );
+}

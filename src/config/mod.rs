@@ -71,6 +71,10 @@ pub struct MainConfig {
     pub log_level: LogLevel,
     /// Required when `log_type = "file"`.
     pub log_path: Option<PathBuf>,
+    /// A line per client that connects (address, user, database, slot).
+    pub log_connections: bool,
+    /// A line per client that leaves (how, and after how long).
+    pub log_disconnections: bool,
     /// Remote management TCP port; zero is off.
     pub management: u16,
     /// Prometheus HTTP port; zero is off.
@@ -106,6 +110,8 @@ impl Default for MainConfig {
             log_type: LogType::Console,
             log_level: LogLevel::Info,
             log_path: None,
+            log_connections: false,
+            log_disconnections: false,
             management: 0,
             metrics: 0,
             hba_file: None,

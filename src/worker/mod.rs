@@ -277,6 +277,10 @@ fn serve(ctx: &Context<'_>, client: BorrowedFd<'_>, peer: &Peer) -> Result<(), W
         return Err(WorkerError::ClientProtocol(e.into()));
     }
 
+    if main.log_connections {
+        log::info!("connection: {user}/{database} from {peer} (slot {slot_index})");
+    }
+    let connected = Instant::now();
     let kind = pipeline::resolve(main.pipeline).unwrap_or(PipelineKind::Performance);
     if kind == PipelineKind::Transaction {
         // The first transaction takes a connection like every other one.
@@ -298,11 +302,17 @@ fn serve(ctx: &Context<'_>, client: BorrowedFd<'_>, peer: &Peer) -> Result<(), W
         };
         let outcome = run_transaction(client, attach, main.disconnect_client);
         log_outcome(peer, &outcome);
+        if main.log_disconnections {
+            log_disconnection(peer, &user, &database, &outcome, connected);
+        }
         return Ok(());
     }
 
     let (outcome, state) = run_pipeline(client, server, main.disconnect_client);
     log_outcome(peer, &outcome);
+    if main.log_disconnections {
+        log_disconnection(peer, &user, &database, &outcome, connected);
+    }
     let mut reusable = outcome.leaves_server_reusable(&state)
         && AuthProof::decode(slot.proof()) != AuthProof::NotReusable;
     if reusable && kind == PipelineKind::Session {
@@ -317,6 +327,23 @@ fn serve(ctx: &Context<'_>, client: BorrowedFd<'_>, peer: &Peer) -> Result<(), W
     }
     drop(sockets);
     Ok(())
+}
+
+fn log_disconnection(peer: &Peer, user: &str, database: &str, outcome: &Outcome, since: Instant) {
+    let how = match outcome {
+        Outcome::ClientTerminated => "client terminated",
+        Outcome::ClientClosed => "client closed the connection",
+        Outcome::ServerClosed => "server closed the connection",
+        Outcome::Shutdown => "shutdown",
+        Outcome::AttachFailed => "no server connection",
+        Outcome::IdleTimeout => "idle timeout",
+        Outcome::ClientProtocol(_) | Outcome::ServerProtocol(_) => "protocol error",
+        Outcome::Io(_) => "i/o error",
+    };
+    log::info!(
+        "disconnection: {user}/{database} from {peer} after {:.3}s ({how})",
+        since.elapsed().as_secs_f64()
+    );
 }
 
 fn log_outcome(peer: &Peer, outcome: &Outcome) {
