@@ -32,6 +32,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    pgcorral::process_title::init();
     let args = Args::parse();
     let config = match Config::load(&args.config) {
         Ok(c) => c,
@@ -85,6 +86,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    pgcorral::process_title::set("pgcorral: supervisor");
     log::info!(
         "pgcorral {} started (pid {})",
         env!("CARGO_PKG_VERSION"),

@@ -9,6 +9,7 @@ pub mod management;
 pub mod pipeline;
 pub mod pool;
 pub mod pooled_sockets;
+pub mod process_title;
 pub mod protocol;
 pub mod segment;
 pub mod slot;

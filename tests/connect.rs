@@ -118,3 +118,28 @@ fn connections_and_disconnections_are_logged_when_asked() {
         pc.log()
     );
 }
+
+#[test]
+fn process_titles_name_the_supervisor_and_each_client() {
+    let pg = Postgres::start();
+    let pc = Pgcorral::start(&pg, "");
+    let cmdline = |pid: i32| -> String {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|b| {
+                String::from_utf8_lossy(&b)
+                    .trim_end_matches('\0')
+                    .to_string()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(cmdline(pc.pid), "pgcorral: supervisor");
+    let mut c = pc.connect();
+    c.simple_query("select 1").expect("query");
+    let workers = pc.workers();
+    assert_eq!(workers.len(), 1);
+    let title = cmdline(workers[0]);
+    assert!(
+        title.starts_with("pgcorral: postgres/postgres 127.0.0.1:"),
+        "worker title: {title:?}"
+    );
+}

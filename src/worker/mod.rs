@@ -277,6 +277,7 @@ fn serve(ctx: &Context<'_>, client: BorrowedFd<'_>, peer: &Peer) -> Result<(), W
         return Err(WorkerError::ClientProtocol(e.into()));
     }
 
+    crate::process_title::set(&format!("pgcorral: {user}/{database} {peer}"));
     if main.log_connections {
         log::info!("connection: {user}/{database} from {peer} (slot {slot_index})");
     }
