@@ -57,10 +57,11 @@ fn pgbench_mode_within_limit(mode: &str) {
             }
         })
     };
-    let (ok, out) = pgbench(
-        pc.port,
-        &["-M", mode, "-c", "50", "-j", "2", "-T", "20", "-n"],
-    );
+    let mut args = vec!["-M", mode, "-c", "50", "-j", "2", "-T", "20", "-n"];
+    if mode == "prepared" {
+        args.push("-S");
+    }
+    let (ok, out) = pgbench(pc.port, &args);
     stop.store(true, Ordering::Relaxed);
     monitor.join().expect("monitor");
     assert!(
@@ -84,6 +85,17 @@ fn pgbench_simple_over_a_pool_of_ten() {
 #[test]
 fn pgbench_extended_over_a_pool_of_ten() {
     pgbench_mode_within_limit("extended");
+}
+
+/// Select-only: pgbench prepares each statement with a blocking call from a
+/// thread that also drives other clients, so with the tpcb-like script one
+/// client's prepare waiting for a pooled connection can stall another
+/// client's open transaction that everyone waits on (a client-side
+/// deadlock any transaction pooler shares). Select-only holds no lock
+/// across statements.
+#[test]
+fn pgbench_prepared_over_a_pool_of_ten() {
+    pgbench_mode_within_limit("prepared");
 }
 
 #[test]
@@ -408,4 +420,70 @@ fn pipelined_extended_protocol_under_one_sync() {
     s.write_all(&msg(b'X', b"")).expect("terminate");
     stop.store(true, Ordering::Relaxed);
     busy.join().expect("busy client");
+}
+
+/// Two clients prepare a statement under the same name with different
+/// text, and run it in alternating transactions over three connections
+/// shared with a third client that keeps shuffling them: each always gets
+/// its own statement's result.
+#[test]
+fn same_statement_name_different_text_in_two_clients() {
+    let pg = Postgres::start();
+    let pc = Pgcorral::start(&pg, &format!("{TRANSACTION}\nmax_connections = 3"));
+    let mut a = pc.connect();
+    let mut b = pc.connect();
+    // The postgres crate names statements s0, s1, … per connection, so both
+    // clients' first statement is called s0.
+    let sa = a
+        .prepare("select 'from a'::text, $1::int + 1")
+        .expect("prepare a");
+    let sb = b
+        .prepare("select 'from b'::text, $1::int * 10")
+        .expect("prepare b");
+    let stop = Arc::new(AtomicBool::new(false));
+    let shuffler = {
+        let stop = stop.clone();
+        let mut c = pc.connect();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                c.batch_execute("select pg_sleep(0.001)").expect("shuffler");
+            }
+        })
+    };
+    let mut backends = std::collections::HashSet::new();
+    for i in 0..200i32 {
+        let ra = a.query_one(&sa, &[&i]).expect("a runs its statement");
+        assert_eq!(
+            (ra.get::<_, String>(0), ra.get::<_, i32>(1)),
+            ("from a".to_string(), i + 1)
+        );
+        let rb = b.query_one(&sb, &[&i]).expect("b runs its statement");
+        assert_eq!(
+            (rb.get::<_, String>(0), rb.get::<_, i32>(1)),
+            ("from b".to_string(), i * 10)
+        );
+        if i % 20 == 0 {
+            let mut tx = a.transaction().expect("begin");
+            let pid: i32 = tx
+                .query_one("select pg_backend_pid()", &[])
+                .expect("pid")
+                .get(0);
+            let r = tx.query_one(&sa, &[&i]).expect("inside a transaction");
+            assert_eq!(r.get::<_, i32>(1), i + 1);
+            tx.commit().expect("commit");
+            backends.insert(pid);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    shuffler.join().expect("shuffler");
+    assert!(
+        backends.len() >= 2,
+        "client a never moved between connections: {backends:?}"
+    );
+    // Closing one client's statement leaves the other's working.
+    drop(sa);
+    let rb = b
+        .query_one(&sb, &[&7i32])
+        .expect("b after a closed its statement");
+    assert_eq!(rb.get::<_, i32>(1), 70);
 }

@@ -71,6 +71,9 @@ pub struct MainConfig {
     pub log_level: LogLevel,
     /// Required when `log_type = "file"`.
     pub log_path: Option<PathBuf>,
+    /// Named protocol-level prepared statements a client may hold in
+    /// transaction pooling (0 turns statement tracking off).
+    pub max_prepared_statements: usize,
     /// A line per client that connects (address, user, database, slot).
     pub log_connections: bool,
     /// A line per client that leaves (how, and after how long).
@@ -110,6 +113,7 @@ impl Default for MainConfig {
             log_type: LogType::Console,
             log_level: LogLevel::Info,
             log_path: None,
+            max_prepared_statements: 1000,
             log_connections: false,
             log_disconnections: false,
             management: 0,

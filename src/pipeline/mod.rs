@@ -3,8 +3,11 @@
 
 pub mod params;
 pub mod performance;
+pub mod prepared;
 pub mod relay;
+pub mod responses;
 pub mod session_state;
+pub mod statements;
 pub mod transaction;
 
 pub use session_state::SessionState;
@@ -35,6 +38,10 @@ pub enum Outcome {
     /// The client sat idle, outside a transaction, longer than
     /// `disconnect_client`.
     IdleTimeout,
+    /// pgcorral refused a client message; the client is told this.
+    Refused(crate::protocol::ErrorResponse),
+    /// The server's answers could not be matched to requests any more.
+    ServerLost(String),
 }
 
 impl Outcome {

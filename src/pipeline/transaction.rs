@@ -12,6 +12,7 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::prepared::ServerStatements;
 use super::relay::{closed_or_io, interest, ready_to_read as ready, retry, Relay};
 use super::{Outcome, SessionState};
 use crate::protocol::error_response::is_fatal_or_panic;
@@ -35,6 +36,8 @@ pub trait Attach {
     fn detach(&mut self, clean: bool);
     /// The server reported a parameter change during this client's use.
     fn parameter(&mut self, name: &str, value: &str);
+    /// The prepared-statement record of the attached connection.
+    fn statements(&mut self) -> &mut dyn ServerStatements;
 }
 
 pub struct Transaction<'a, A: Attach> {

@@ -75,6 +75,7 @@ pub struct Supervisor {
     workers: HashSet<i32>,
     mode: Mode,
     credentials: Credentials,
+    statement_key: [u64; 2],
     upkeep: upkeep::Upkeep,
 }
 
@@ -135,6 +136,7 @@ impl Supervisor {
             workers: HashSet::new(),
             mode: Mode::Running,
             credentials,
+            statement_key: random_key(),
             upkeep,
         })
     }
@@ -206,6 +208,7 @@ impl Supervisor {
             sockets: &self.sockets,
             management_path: &self.management_path,
             credentials: &self.credentials,
+            statement_key: self.statement_key,
         }
     }
 
@@ -270,4 +273,22 @@ impl Drop for Supervisor {
             let _ = std::fs::remove_file(&self.unix_path);
         }
     }
+}
+
+/// A fresh key for the prepared-statement name hash.
+fn random_key() -> [u64; 2] {
+    let mut b = [0u8; 16];
+    // SAFETY: getrandom fills the 16-byte buffer we pass.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr() as *mut libc::c_void, b.len(), 0) };
+    if n != 16 {
+        // Without getrandom the names are merely predictable; they stay
+        // consistent, which is what correctness needs.
+        let t = crate::pool::now_ms();
+        return [t, t.rotate_left(32) ^ std::process::id() as u64];
+    }
+    let (a, c) = b.split_at(8);
+    [
+        u64::from_ne_bytes(a.try_into().unwrap_or([0; 8])),
+        u64::from_ne_bytes(c.try_into().unwrap_or([0; 8])),
+    ]
 }

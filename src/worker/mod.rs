@@ -21,6 +21,8 @@ use crate::management::ManagementError;
 use crate::pipeline;
 use crate::pipeline::params::Params;
 use crate::pipeline::performance::Performance;
+use crate::pipeline::prepared::Rewriter;
+use crate::pipeline::statements::Statements;
 use crate::pipeline::transaction::Transaction;
 use crate::pipeline::Outcome;
 use crate::pool::{self, Acquired, PoolError, Want};
@@ -57,6 +59,9 @@ pub struct Context<'a> {
     pub sockets: &'a PooledSockets,
     pub management_path: &'a Path,
     pub credentials: &'a Credentials,
+    /// Key of the prepared-statement name hash: made once by the supervisor
+    /// so that every worker derives the same server-side names.
+    pub statement_key: [u64; 2],
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -300,8 +305,14 @@ fn serve(ctx: &Context<'_>, client: BorrowedFd<'_>, peer: &Peer) -> Result<(), W
             desired,
             secret,
             held: None,
+            statements: transaction::SlotStatements { slot: None },
         };
-        let outcome = run_transaction(client, attach, main.disconnect_client);
+        let outcome = if main.max_prepared_statements > 0 {
+            let rewriter = Rewriter::new(main.max_prepared_statements, ctx.statement_key);
+            run_statements(client, attach, rewriter, main.disconnect_client)
+        } else {
+            run_transaction(client, attach, main.disconnect_client)
+        };
         log_outcome(peer, &outcome);
         if main.log_disconnections {
             log_disconnection(peer, &user, &database, &outcome, connected);
@@ -339,6 +350,8 @@ fn log_disconnection(peer: &Peer, user: &str, database: &str, outcome: &Outcome,
         Outcome::AttachFailed => "no server connection",
         Outcome::IdleTimeout => "idle timeout",
         Outcome::ClientProtocol(_) | Outcome::ServerProtocol(_) => "protocol error",
+        Outcome::Refused(_) => "refused",
+        Outcome::ServerLost(_) => "server out of step",
         Outcome::Io(_) => "i/o error",
     };
     log::info!(
@@ -383,10 +396,48 @@ fn run_transaction(
     outcome
 }
 
+fn run_statements(
+    client: BorrowedFd<'_>,
+    attach: WorkerAttach<'_>,
+    rewriter: Rewriter,
+    idle_limit: Duration,
+) -> Outcome {
+    if let Err(e) = io::set_nonblocking(client, true) {
+        return Outcome::Io(e);
+    }
+    signals::enter_pipeline();
+    let mut p = Statements::new(
+        client,
+        attach,
+        rewriter,
+        &signals::STOP,
+        signals::wait_mask(),
+    )
+    .with_idle_limit(Some(idle_limit));
+    let outcome = p.run();
+    tell_client(client, &outcome, p.server_fatal, p.client_at_boundary());
+    signals::leave_pipeline();
+    outcome
+}
+
 /// What the client is told when its session ends for a reason of ours.
 fn tell_client(client: BorrowedFd<'_>, outcome: &Outcome, server_fatal: bool, at_boundary: bool) {
     let msg = match outcome {
         Outcome::Shutdown => Some(signals::shutdown_message().to_vec()),
+        Outcome::Refused(e) => {
+            let mut out = Vec::new();
+            e.encode(&mut out);
+            Some(out)
+        }
+        Outcome::ServerLost(_) => {
+            let mut out = Vec::new();
+            ErrorResponse::fatal(
+                sqlstate::CONNECTION_FAILURE,
+                "lost track of the server's answers; the connection was closed",
+            )
+            .encode(&mut out);
+            Some(out)
+        }
         Outcome::IdleTimeout => {
             let mut out = Vec::new();
             ErrorResponse::fatal(

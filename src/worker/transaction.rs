@@ -8,6 +8,7 @@ use super::attach::{self, Sockets};
 use super::server_connect::Login;
 use super::{client_auth::Admission, Context, WorkerError};
 use crate::pipeline::params::{self, Params};
+use crate::pipeline::prepared::{self, ServerStatements};
 use crate::pipeline::transaction::Attach;
 use crate::pool::{self, Acquired, PoolError, Want};
 use crate::protocol::{sqlstate, ErrorResponse, StartupMessage};
@@ -26,6 +27,7 @@ pub struct WorkerAttach<'a> {
     /// Secret half of the client's cancel key.
     pub secret: i32,
     pub held: Option<usize>,
+    pub statements: SlotStatements<'a>,
 }
 
 impl WorkerAttach<'_> {
@@ -95,11 +97,44 @@ impl WorkerAttach<'_> {
     }
 }
 
+/// The attached slot's record of prepared statements, seen through the
+/// server-side names the rewriter uses.
+pub struct SlotStatements<'a> {
+    pub slot: Option<&'a crate::slot::Slot>,
+}
+
+impl ServerStatements for SlotStatements<'_> {
+    fn contains(&self, server_name: &str) -> bool {
+        match (self.slot, prepared::server_name_hash(server_name)) {
+            (Some(slot), Some(h)) => slot.has_prepared(h),
+            _ => false,
+        }
+    }
+
+    fn insert(&mut self, server_name: &str) -> Option<String> {
+        let (slot, h) = (self.slot?, prepared::server_name_hash(server_name)?);
+        slot.add_prepared(h).map(prepared::server_name)
+    }
+
+    fn remove(&mut self, server_name: &str) {
+        if let (Some(slot), Some(h)) = (self.slot, prepared::server_name_hash(server_name)) {
+            slot.remove_prepared(h);
+        }
+    }
+
+    fn clear(&mut self) {
+        if let Some(slot) = self.slot {
+            slot.clear_prepared();
+        }
+    }
+}
+
 impl Attach for WorkerAttach<'_> {
     fn attach(&mut self) -> Result<RawFd, ErrorResponse> {
         match self.get() {
             Ok((index, fd)) => {
                 self.held = Some(index);
+                self.statements.slot = Some(&self.ctx.segment.slots()[index]);
                 Ok(fd)
             }
             Err(e) => {
@@ -120,6 +155,7 @@ impl Attach for WorkerAttach<'_> {
     }
 
     fn detach(&mut self, clean: bool) {
+        self.statements.slot = None;
         let Some(index) = self.held.take() else {
             return;
         };
@@ -131,6 +167,10 @@ impl Attach for WorkerAttach<'_> {
             self.sockets.forget(index);
             pool::discard(self.ctx.segment, index, self.me);
         }
+    }
+
+    fn statements(&mut self) -> &mut dyn ServerStatements {
+        &mut self.statements
     }
 
     fn parameter(&mut self, name: &str, value: &str) {

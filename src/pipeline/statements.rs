@@ -1,0 +1,587 @@
+//! Transaction pooling that keeps named prepared statements working.
+//!
+//! The same attach/detach discipline as `transaction.rs`, but the traffic
+//! goes through the prepared-statement `Rewriter` message by message: the
+//! client's statement names become server-side names, a connection that
+//! lacks a statement gets its Parse first, and answers the server gives to
+//! requests the client never made are hidden while answers pgcorral owes
+//! are inserted where the server would have given them. Messages the
+//! rewriter need not see whole (rows and COPY data of passed results,
+//! client COPY data) are streamed without being gathered.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::prepared::{Rewriter, Route};
+use super::relay::{interest, ready_to_read, retry};
+use super::transaction::Attach;
+use super::Outcome;
+use crate::protocol::error_response::is_fatal_or_panic;
+use crate::protocol::tag::{backend, frontend};
+use crate::protocol::{self, sqlstate, ErrorResponse};
+
+const INPUT: usize = 16 * 1024;
+/// Stop reading a side while this much waits to be written to the other.
+const HIGH_WATER: usize = 256 * 1024;
+/// A message the rewriter must see whole is gathered up to this size.
+pub const MAX_WHOLE: usize = 64 * 1024 * 1024;
+
+struct Input {
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+impl Input {
+    fn new() -> Self {
+        Input {
+            buf: vec![0u8; INPUT].into_boxed_slice(),
+            start: 0,
+            end: 0,
+        }
+    }
+
+    fn available(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    fn has_room(&self) -> bool {
+        self.end < self.buf.len() || self.start > 0
+    }
+
+    fn fill(&mut self, fd: BorrowedFd<'_>) -> io::Result<usize> {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let room = &mut self.buf[self.end..];
+        // SAFETY: reading into the unused tail of our own buffer.
+        let n = unsafe {
+            libc::read(
+                fd.as_raw_fd(),
+                room.as_mut_ptr() as *mut libc::c_void,
+                room.len(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.end += n as usize;
+        Ok(n as usize)
+    }
+}
+
+#[derive(Default)]
+struct Output {
+    buf: Vec<u8>,
+    sent: usize,
+}
+
+impl Output {
+    fn pending(&self) -> usize {
+        self.buf.len() - self.sent
+    }
+
+    fn flush(&mut self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        while self.sent < self.buf.len() {
+            let out = &self.buf[self.sent..];
+            // SAFETY: sending from our own buffer; MSG_NOSIGNAL as elsewhere.
+            let n = unsafe {
+                libc::send(
+                    fd.as_raw_fd(),
+                    out.as_ptr() as *const libc::c_void,
+                    out.len(),
+                    libc::MSG_NOSIGNAL,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                return match e.kind() {
+                    io::ErrorKind::WouldBlock => Ok(()),
+                    io::ErrorKind::Interrupted => continue,
+                    _ => Err(e),
+                };
+            }
+            self.sent += n as usize;
+        }
+        self.buf.clear();
+        self.sent = 0;
+        Ok(())
+    }
+}
+
+/// A message cut by the end of a read.
+enum Partial {
+    /// Passing through: this many body bytes still to pass.
+    Stream { remaining: usize },
+    /// Being discarded.
+    Drop { remaining: usize },
+    /// Being gathered for the rewriter.
+    Whole { tag: u8, len: usize },
+}
+
+/// Where a side's input stands.
+#[derive(Default)]
+struct Side {
+    partial: Option<Partial>,
+    gathered: Vec<u8>,
+}
+
+pub struct Statements<'a, A: Attach> {
+    client: BorrowedFd<'a>,
+    server: Option<RawFd>,
+    cin: Input,
+    sin: Input,
+    to_server: Output,
+    to_client: Output,
+    cside: Side,
+    sside: Side,
+    rewriter: Rewriter,
+    pub server_fatal: bool,
+    stop: &'a AtomicBool,
+    wait_mask: libc::sigset_t,
+    idle_limit: Option<std::time::Duration>,
+    attach: A,
+}
+
+/// Why a message could not be handled: what the client is told.
+struct Refusal(ErrorResponse);
+
+impl<'a, A: Attach> Statements<'a, A> {
+    pub fn new(
+        client: BorrowedFd<'a>,
+        attach: A,
+        rewriter: Rewriter,
+        stop: &'a AtomicBool,
+        wait_mask: libc::sigset_t,
+    ) -> Self {
+        Statements {
+            client,
+            server: None,
+            cin: Input::new(),
+            sin: Input::new(),
+            to_server: Output::default(),
+            to_client: Output::default(),
+            cside: Side::default(),
+            sside: Side::default(),
+            rewriter,
+            server_fatal: false,
+            stop,
+            wait_mask,
+            idle_limit: None,
+            attach,
+        }
+    }
+
+    pub fn with_idle_limit(mut self, limit: Option<std::time::Duration>) -> Self {
+        self.idle_limit = limit.filter(|l| !l.is_zero());
+        self
+    }
+
+    /// Nothing owed, nothing half-passed: the client can be told something
+    /// and the server connection is between transactions.
+    fn idle(&self) -> bool {
+        self.rewriter.is_idle()
+            && self.rewriter.transaction_status() == b'I'
+            && !self.server_fatal
+            && self.sside.partial.is_none()
+            && self.sin.available().is_empty()
+            && !matches!(self.cside.partial, Some(Partial::Stream { .. }))
+    }
+
+    pub fn client_at_boundary(&self) -> bool {
+        self.to_client.pending() == 0 && self.sside.partial.is_none()
+    }
+
+    pub fn run(&mut self) -> Outcome {
+        let outcome = self.pump();
+        if self.server.take().is_some() {
+            let clean = matches!(
+                outcome,
+                Outcome::ClientTerminated | Outcome::ClientClosed | Outcome::IdleTimeout
+            ) && self.idle()
+                && self.to_server.pending() == 0;
+            if !clean {
+                self.rewriter.connection_lost();
+            }
+            self.attach.detach(clean);
+        }
+        outcome
+    }
+
+    fn server_fd(&self) -> Option<BorrowedFd<'static>> {
+        // SAFETY: the Attach implementation keeps the descriptor open until
+        // `detach`, which also clears `server`; no borrow outlives that.
+        self.server.map(|fd| unsafe { BorrowedFd::borrow_raw(fd) })
+    }
+
+    fn pump(&mut self) -> Outcome {
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                return Outcome::Shutdown;
+            }
+            let quiet = (self.server.is_none() || self.idle())
+                && self.to_client.pending() == 0
+                && self.to_server.pending() == 0
+                && self.cin.available().is_empty();
+            let wait = super::idle_wait(self.idle_limit, quiet);
+            let mut fds = [
+                libc::pollfd {
+                    fd: self.client.as_raw_fd(),
+                    events: interest(
+                        self.cin.has_room()
+                            && self.to_server.pending() < HIGH_WATER
+                            && self.to_client.pending() < HIGH_WATER,
+                        self.to_client.pending() > 0,
+                    ),
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.server.unwrap_or(-1),
+                    events: interest(
+                        self.sin.has_room() && self.to_client.pending() < HIGH_WATER,
+                        self.to_server.pending() > 0,
+                    ),
+                    revents: 0,
+                },
+            ];
+            // SAFETY: polling live descriptors (a negative one is ignored)
+            // through our own array, with a mask and timeout that outlive
+            // the call.
+            let n = unsafe {
+                libc::ppoll(
+                    fds.as_mut_ptr(),
+                    2,
+                    wait.as_ref()
+                        .map_or(std::ptr::null(), |t| t as *const libc::timespec),
+                    &self.wait_mask,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Outcome::Io(e);
+            }
+            if n == 0 {
+                return Outcome::IdleTimeout;
+            }
+            let [c, s] = fds;
+            if ready_to_read(c.revents) && c.events & libc::POLLIN != 0 {
+                match self.cin.fill(self.client) {
+                    Ok(0) => return Outcome::ClientClosed,
+                    Ok(_) => {
+                        if let Some(done) = self.on_client_input() {
+                            return done;
+                        }
+                    }
+                    Err(e) if retry(&e) => {}
+                    Err(e) => return super::relay::closed_or_io(e, Outcome::ClientClosed),
+                }
+            }
+            if let Some(fd) = self.server_fd() {
+                if ready_to_read(s.revents) && s.events & libc::POLLIN != 0 {
+                    match self.sin.fill(fd) {
+                        Ok(0) => return Outcome::ServerClosed,
+                        Ok(_) => {
+                            if let Some(done) = self.on_server_input() {
+                                return done;
+                            }
+                        }
+                        Err(e) if retry(&e) => {}
+                        Err(e) => return super::relay::closed_or_io(e, Outcome::ServerClosed),
+                    }
+                }
+            }
+            if let Some(done) = self.flush() {
+                return done;
+            }
+        }
+    }
+
+    fn flush(&mut self) -> Option<Outcome> {
+        if let Some(fd) = self.server_fd() {
+            if let Err(e) = self.to_server.flush(fd) {
+                return Some(super::relay::closed_or_io(e, Outcome::ServerClosed));
+            }
+        }
+        if let Err(e) = self.to_client.flush(self.client) {
+            return Some(super::relay::closed_or_io(e, Outcome::ClientClosed));
+        }
+        // Idle between transactions with everything for the server written:
+        // the connection goes back.
+        if self.server.is_some() && self.idle() && self.to_server.pending() == 0 {
+            self.server = None;
+            self.attach.detach(true);
+        }
+        None
+    }
+
+    fn refuse(&mut self, r: Refusal) -> Option<Outcome> {
+        Some(Outcome::Refused(r.0))
+    }
+
+    fn ensure_attached(&mut self) -> Result<(), Refusal> {
+        if self.server.is_none() {
+            let fd = self.attach.attach().map_err(Refusal)?;
+            self.server = Some(fd);
+            self.server_fatal = false;
+        }
+        Ok(())
+    }
+
+    fn on_client_input(&mut self) -> Option<Outcome> {
+        loop {
+            let avail = self.cin.available().len();
+            match self.cside.partial.take() {
+                Some(p @ (Partial::Stream { .. } | Partial::Drop { .. })) if avail == 0 => {
+                    self.cside.partial = Some(p);
+                    return None;
+                }
+                Some(Partial::Stream { remaining }) => {
+                    let n = remaining.min(avail);
+                    let start = self.cin.start;
+                    self.to_server
+                        .buf
+                        .extend_from_slice(&self.cin.buf[start..start + n]);
+                    self.cin.start += n;
+                    if remaining > n {
+                        self.cside.partial = Some(Partial::Stream {
+                            remaining: remaining - n,
+                        });
+                    }
+                }
+                Some(Partial::Drop { remaining }) => {
+                    let n = remaining.min(avail);
+                    self.cin.start += n;
+                    if remaining > n {
+                        self.cside.partial = Some(Partial::Drop {
+                            remaining: remaining - n,
+                        });
+                    }
+                }
+                Some(Partial::Whole { tag, len }) => {
+                    let n = (len - self.cside.gathered.len()).min(avail);
+                    let start = self.cin.start;
+                    self.cside
+                        .gathered
+                        .extend_from_slice(&self.cin.buf[start..start + n]);
+                    self.cin.start += n;
+                    if self.cside.gathered.len() < len {
+                        self.cside.partial = Some(Partial::Whole { tag, len });
+                        return None;
+                    }
+                    let body = std::mem::take(&mut self.cside.gathered);
+                    if let Err(r) = self.client_whole(tag, &body) {
+                        return self.refuse(r);
+                    }
+                }
+                None => {
+                    if avail < 5 {
+                        return None;
+                    }
+                    let h = &self.cin.buf[self.cin.start..self.cin.start + 5];
+                    let tag = h[0];
+                    let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
+                    if len < 4 {
+                        return self.refuse(Refusal(ErrorResponse::fatal(
+                            sqlstate::PROTOCOL_VIOLATION,
+                            format!("message '{}' has an invalid length {len}", tag as char),
+                        )));
+                    }
+                    let body_len = len - 4;
+                    if tag == frontend::TERMINATE {
+                        return Some(Outcome::ClientTerminated);
+                    }
+                    let route = self.rewriter.client_route(tag);
+                    if route != Route::Drop {
+                        if let Err(r) = self.ensure_attached() {
+                            return Some(Outcome::Refused(r.0));
+                        }
+                    }
+                    match route {
+                        Route::Stream => {
+                            let start = self.cin.start;
+                            self.to_server
+                                .buf
+                                .extend_from_slice(&self.cin.buf[start..start + 5]);
+                            self.cin.start += 5;
+                            if body_len > 0 {
+                                self.cside.partial = Some(Partial::Stream {
+                                    remaining: body_len,
+                                });
+                            }
+                        }
+                        Route::Drop => {
+                            self.cin.start += 5;
+                            if body_len > 0 {
+                                self.cside.partial = Some(Partial::Drop {
+                                    remaining: body_len,
+                                });
+                            }
+                        }
+                        Route::Whole => {
+                            if body_len > MAX_WHOLE {
+                                return self.refuse(Refusal(ErrorResponse::fatal(
+                                    sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                                    format!("message '{}' of {len} bytes is over the {MAX_WHOLE}-byte limit", tag as char),
+                                )));
+                            }
+                            if avail >= 5 + body_len {
+                                let start = self.cin.start + 5;
+                                let body = self.cin.buf[start..start + body_len].to_vec();
+                                self.cin.start += 5 + body_len;
+                                if let Err(r) = self.client_whole(tag, &body) {
+                                    return self.refuse(r);
+                                }
+                            } else {
+                                self.cin.start += 5;
+                                self.cside.gathered.clear();
+                                self.cside.partial = Some(Partial::Whole { tag, len: body_len });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn client_whole(&mut self, tag: u8, body: &[u8]) -> Result<(), Refusal> {
+        self.ensure_attached()?;
+        let Statements {
+            rewriter,
+            attach,
+            to_server,
+            to_client,
+            ..
+        } = self;
+        rewriter
+            .client_message(
+                tag,
+                body,
+                attach.statements(),
+                &mut to_server.buf,
+                &mut to_client.buf,
+            )
+            .map_err(|e| Refusal(ErrorResponse::fatal(e.sqlstate(), e.to_string())))
+    }
+
+    fn on_server_input(&mut self) -> Option<Outcome> {
+        loop {
+            let avail = self.sin.available().len();
+            match self.sside.partial.take() {
+                Some(Partial::Stream { remaining }) if avail == 0 => {
+                    self.sside.partial = Some(Partial::Stream { remaining });
+                    return None;
+                }
+                Some(Partial::Stream { remaining }) => {
+                    let n = remaining.min(avail);
+                    let start = self.sin.start;
+                    self.to_client
+                        .buf
+                        .extend_from_slice(&self.sin.buf[start..start + n]);
+                    self.sin.start += n;
+                    if remaining > n {
+                        self.sside.partial = Some(Partial::Stream {
+                            remaining: remaining - n,
+                        });
+                    }
+                }
+                Some(Partial::Drop { .. }) => return None,
+                Some(Partial::Whole { tag, len }) => {
+                    let n = (len - self.sside.gathered.len()).min(avail);
+                    let start = self.sin.start;
+                    self.sside
+                        .gathered
+                        .extend_from_slice(&self.sin.buf[start..start + n]);
+                    self.sin.start += n;
+                    if self.sside.gathered.len() < len {
+                        self.sside.partial = Some(Partial::Whole { tag, len });
+                        return None;
+                    }
+                    let body = std::mem::take(&mut self.sside.gathered);
+                    if let Some(done) = self.server_whole(tag, &body) {
+                        return Some(done);
+                    }
+                }
+                None => {
+                    if avail < 5 {
+                        return None;
+                    }
+                    let h = &self.sin.buf[self.sin.start..self.sin.start + 5];
+                    let tag = h[0];
+                    let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
+                    if len < 4 || len - 4 > MAX_WHOLE.max(1 << 30) {
+                        return Some(Outcome::ServerLost(format!("server message length {len}")));
+                    }
+                    let body_len = len - 4;
+                    match self.rewriter.server_route(tag) {
+                        Route::Stream => {
+                            let start = self.sin.start;
+                            self.to_client
+                                .buf
+                                .extend_from_slice(&self.sin.buf[start..start + 5]);
+                            self.sin.start += 5;
+                            if body_len > 0 {
+                                self.sside.partial = Some(Partial::Stream {
+                                    remaining: body_len,
+                                });
+                            }
+                        }
+                        Route::Drop | Route::Whole => {
+                            if body_len > MAX_WHOLE {
+                                return Some(Outcome::ServerLost(format!(
+                                    "server message of {len} bytes"
+                                )));
+                            }
+                            if avail >= 5 + body_len {
+                                let start = self.sin.start + 5;
+                                let body = self.sin.buf[start..start + body_len].to_vec();
+                                self.sin.start += 5 + body_len;
+                                if let Some(done) = self.server_whole(tag, &body) {
+                                    return Some(done);
+                                }
+                            } else {
+                                self.sin.start += 5;
+                                self.sside.gathered.clear();
+                                self.sside.partial = Some(Partial::Whole { tag, len: body_len });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn server_whole(&mut self, tag: u8, body: &[u8]) -> Option<Outcome> {
+        match tag {
+            backend::PARAMETER_STATUS => {
+                if let Ok((k, v)) = protocol::parse_parameter_status(body) {
+                    self.attach.parameter(&k, &v);
+                }
+            }
+            backend::ERROR_RESPONSE if is_fatal_or_panic(body) => self.server_fatal = true,
+            _ => {}
+        }
+        let Statements {
+            rewriter,
+            attach,
+            to_server,
+            to_client,
+            ..
+        } = self;
+        match rewriter.server_message(
+            tag,
+            body,
+            attach.statements(),
+            &mut to_server.buf,
+            &mut to_client.buf,
+        ) {
+            Ok(()) => None,
+            Err(e) => Some(Outcome::ServerLost(e.to_string())),
+        }
+    }
+}
