@@ -196,17 +196,17 @@ fn cancel_reaches_the_query_on_whatever_connection_it_runs() {
         .expect("thread")
         .expect("the idle client's key cancelled another client's query");
 
-    let started = Instant::now();
     let sleeper = std::thread::spawn(move || busy.simple_query("select pg_sleep(30)"));
     assert!(wait_until(Duration::from_secs(5), || !pg
         .backends_with_query("select pg_sleep(30)")
         .is_empty()));
+    let started = Instant::now();
     token.cancel_query(NoTls).expect("cancel");
     let err = sleeper.join().expect("thread").expect_err("not cancelled");
     assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err}");
     assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
+        started.elapsed() < Duration::from_secs(2),
+        "cancel took {:?}",
         started.elapsed()
     );
     drop(idle);
