@@ -15,6 +15,24 @@
 //! the answers are matched to requests by [`Responses`]. Everything here is
 //! pure bookkeeping on whole messages; the caller owns the sockets and the
 //! per-connection record ([`ServerStatements`]).
+//!
+//! What a client can tell from a direct connection:
+//! * a Close of a statement does not close portals already bound from it;
+//! * a client that has more than `max_client_statements` names loses the
+//!   least recently used one ("does not exist" on its next Bind);
+//! * SQL-level `PREPARE` / `EXECUTE` are passed through untouched and so
+//!   only work within one transaction; `DEALLOCATE name` of a name the
+//!   client prepared with Parse is answered here, and `DEALLOCATE ALL` /
+//!   `DISCARD ALL` forget every name, but only when sent alone as a simple
+//!   query (no comments, no other statement in the same query string);
+//! * the unnamed statement is not carried: a Bind to it must follow its
+//!   Parse within one transaction, as with any transaction pooler.
+//!
+//! If the bookkeeping meets what it cannot explain it says so instead of
+//! guessing: a malformed client message, a server answer no request
+//! accounts for. Closing before every Parse (harmless when the statement
+//! is absent) and forgetting a statement the server reports missing make
+//! the per-connection record self-correcting in both directions.
 
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
@@ -537,7 +555,7 @@ impl Rewriter {
                 self.responses.sent(Request::FunctionCall, Show::Pass, None);
                 put(to_server, tag, body);
             }
-            // COPY data, done and fail, Terminate: no answer of their own.
+            // COPY data, Terminate: no answer of their own.
             _ => put(to_server, tag, body),
         }
         Ok(())
