@@ -476,10 +476,39 @@ fn same_statement_name_different_text_in_two_clients() {
     }
     stop.store(true, Ordering::Relaxed);
     shuffler.join().expect("shuffler");
-    assert!(
-        backends.len() >= 2,
-        "client a never moved between connections: {backends:?}"
+    // Force a move: once all is quiet a holder takes the connection client
+    // a last used (the pool hands out the lowest free slot, as it did to
+    // a), so a's next transaction runs on another connection, where its
+    // statement must be prepared on demand.
+    let pid_of_a = |a: &mut postgres::Client| -> i32 {
+        let mut tx = a.transaction().expect("begin");
+        let pid: i32 = tx
+            .query_one("select pg_backend_pid()", &[])
+            .expect("pid")
+            .get(0);
+        let r = tx
+            .query_one(&sa, &[&1000])
+            .expect("statement in a transaction");
+        assert_eq!(r.get::<_, i32>(1), 1001);
+        tx.commit().expect("commit");
+        pid
+    };
+    let before = pid_of_a(&mut a);
+    let mut holder = pc.connect();
+    let mut held = holder.transaction().expect("holder begins");
+    let held_pid: i32 = held
+        .query_one("select pg_backend_pid()", &[])
+        .expect("pid")
+        .get(0);
+    let after = pid_of_a(&mut a);
+    held.commit().expect("holder commits");
+    backends.insert(before);
+    backends.insert(after);
+    assert_eq!(
+        held_pid, before,
+        "the holder did not take client a's connection"
     );
+    assert_ne!(after, before, "client a did not move to another connection");
     // Closing one client's statement leaves the other's working.
     drop(sa);
     let rb = b
