@@ -157,6 +157,10 @@ pub fn abandon_new(seg: &Segment, index: usize, me: i32) {
         return;
     };
     let limit = slot.limit_index();
+    if slot.snapshot() != (SlotState::Init, me) {
+        return;
+    }
+    slot.clear_flags();
     if slot
         .transition(SlotState::Init, me, SlotState::NotInit, NO_OWNER)
         .is_ok()
@@ -168,11 +172,16 @@ pub fn abandon_new(seg: &Segment, index: usize, me: i32) {
     }
 }
 
-/// The connection is idle and clean: back to the pool.
+/// The connection is idle and clean: back to the pool, unless it was
+/// flushed while in use (`Slot::close_on_release`): then the supervisor
+/// closes it (REMOVE).
 pub fn release(seg: &Segment, index: usize, me: i32) -> bool {
     let Some(slot) = seg.slots().get(index) else {
         return false;
     };
+    if slot.close_on_release() {
+        return discard(seg, index, me);
+    }
     slot.touch(now_ms());
     let ok = slot
         .transition(SlotState::InUse, me, SlotState::Free, NO_OWNER)
@@ -287,6 +296,12 @@ fn empty(seg: &Segment, index: usize, from: SlotState, owner: i32) -> bool {
         return false;
     };
     let limit = slot.limit_index();
+    if slot.snapshot() != (from, owner) {
+        return false;
+    }
+    // Only the holder gets here, and nobody can take the slot before the
+    // swap below publishes it empty.
+    slot.clear_flags();
     let ok = slot
         .transition(from, owner, SlotState::NotInit, NO_OWNER)
         .is_ok();
@@ -443,6 +458,24 @@ mod tests {
         assert_eq!(seg.limits()[0].active(), 0, "charge released");
         assert_eq!(seg.slots()[i].state(), SlotState::Free);
         abandon_new(&seg, k, 30);
+    }
+
+    #[test]
+    fn a_connection_flushed_in_use_is_removed_on_release() {
+        let seg = Segment::create(2, &[2]).unwrap();
+        let Some(Acquired::New(i)) = try_acquire(&seg, want("d"), 10) else {
+            panic!()
+        };
+        publish_new(&seg, i, 10);
+        seg.slots()[i].mark_close_on_release();
+        assert!(release(&seg, i, 10));
+        assert_eq!(seg.slots()[i].state(), SlotState::Remove);
+        assert!(finish_remove(&seg, i));
+        assert!(
+            !seg.slots()[i].close_on_release(),
+            "cleared with the connection"
+        );
+        assert_eq!(seg.limits()[0].active(), 0);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! supervisor before its first fork and so inherited by every worker.
 //!
 //! Layout (offsets in bytes; no pointers inside, only indices):
-//! `0` header · `HEADER_SIZE` limit records · `SLOTS_OFFSET` slots.
+//! `0` header · `HEADER_SIZE` limit records · `DISABLED_OFFSET` disabled
+//! databases · `SLOTS_OFFSET` slots.
 //! The memfd (rather than anonymous memory) lets another process map the same
 //! pages: a test or a status tool through `/proc/PID/fd`, and later a new
 //! supervisor taking over at upgrade.
@@ -16,12 +17,13 @@ use std::time::Duration;
 
 use memmap2::MmapRaw;
 
+use crate::management::disabled::DisabledTable;
 use crate::slot::Slot;
 
 pub const MAGIC: [u8; 8] = *b"PGCORRAL";
 /// Bumped whenever the layout changes, so that an incompatible process
 /// refuses to attach instead of misreading the slots.
-pub const VERSION: u32 = 4;
+pub const VERSION: u32 = 5;
 /// The memfd's name; `/proc/PID/fd` shows it as `/memfd:pgcorral (deleted)`.
 pub const MEMFD_NAME: &str = "pgcorral";
 pub const MAX_SLOTS: usize = 10_000;
@@ -29,6 +31,8 @@ pub const MAX_LIMITS: usize = 64;
 
 const HEADER_SIZE: usize = 256;
 const LIMIT_SIZE: usize = std::mem::size_of::<LimitRecord>();
+/// The databases `pgcorral-cli disable` closed to new clients.
+const DISABLED_OFFSET: usize = 1024;
 const SLOTS_OFFSET: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +103,12 @@ impl LimitRecord {
     pub fn max_size(&self) -> u32 {
         self.max_size.load(Ordering::Acquire)
     }
+
+    /// Supervisor, at reload: a new `max_size`. Connections already above
+    /// it are not closed; new ones wait until the count is below it.
+    pub fn set_max_size(&self, max: u32) {
+        self.max_size.store(max, Ordering::Release);
+    }
 }
 
 pub struct Segment {
@@ -110,7 +120,9 @@ pub struct Segment {
 // The header must fit in front of the limit records, and those in front of
 // the slots.
 const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_SIZE);
-const _: () = assert!(HEADER_SIZE + MAX_LIMITS * LIMIT_SIZE <= SLOTS_OFFSET);
+const _: () = assert!(HEADER_SIZE + MAX_LIMITS * LIMIT_SIZE <= DISABLED_OFFSET);
+const _: () = assert!(DISABLED_OFFSET + std::mem::size_of::<DisabledTable>() <= SLOTS_OFFSET);
+const _: () = assert!(DISABLED_OFFSET.is_multiple_of(std::mem::align_of::<DisabledTable>()));
 
 impl Segment {
     /// Creates a zeroed segment: every slot NOTINIT, every limit at 0.
@@ -233,6 +245,14 @@ impl Segment {
                 MAX_LIMITS,
             )
         }
+    }
+
+    /// Which databases are closed to new clients (`disable`).
+    pub fn disabled(&self) -> &DisabledTable {
+        // SAFETY: the table fits between the limit records and the slots and
+        // is aligned (checked at compile time above); all-zero bytes are a
+        // valid, empty table; it is only touched atomically.
+        unsafe { &*(self.map.as_ptr().add(DISABLED_OFFSET) as *const DisabledTable) }
     }
 
     pub fn limit(&self, index: Option<usize>) -> Option<&LimitRecord> {

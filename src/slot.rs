@@ -27,6 +27,10 @@ pub const PREPARED_CAPACITY: usize = 128;
 /// Owner pid recorded for slots nobody holds.
 pub const NO_OWNER: i32 = 0;
 
+/// Slot flag: the connection is to be closed when its holder gives it back
+/// (`flush gracefully`, `switch-to`) instead of going back to the pool.
+pub const CLOSE_ON_RELEASE: u32 = 1;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u32)]
 pub enum SlotState {
@@ -147,6 +151,8 @@ pub struct Slot {
     /// process id half is the owner's pid. Lets a CancelRequest find the
     /// connection its client holds right now, and nothing else.
     client_key: AtomicI32,
+    /// `CLOSE_ON_RELEASE`; fills what was padding before `created_ms`.
+    flags: AtomicU32,
     created_ms: AtomicU64,
     last_used_ms: AtomicU64,
     identity: UnsafeCell<Identity>,
@@ -268,6 +274,23 @@ impl Slot {
     /// Owner only: the cancel key of the client now using the connection.
     pub fn set_client_key(&self, key: i32) {
         self.client_key.store(key, Ordering::Release);
+    }
+
+    /// Anyone (the supervisor): the connection is not to be pooled again.
+    /// `pool::release` turns it to REMOVE; a FREE slot that was marked is
+    /// flushed by the supervisor.
+    pub fn mark_close_on_release(&self) {
+        self.flags.fetch_or(CLOSE_ON_RELEASE, Ordering::AcqRel);
+    }
+
+    pub fn close_on_release(&self) -> bool {
+        self.flags.load(Ordering::Acquire) & CLOSE_ON_RELEASE != 0
+    }
+
+    /// The slot's owner, just before it empties it (→ NOTINIT): marks
+    /// belong to the connection, which is gone.
+    pub fn clear_flags(&self) {
+        self.flags.store(0, Ordering::Release);
     }
 
     pub fn created_ms(&self) -> u64 {

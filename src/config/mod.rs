@@ -7,6 +7,7 @@
 
 pub mod duration;
 mod error;
+pub mod keys;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -1,9 +1,11 @@
-//! The worker's side of the management socket: blocking request/reply.
+//! The client side of the management socket: blocking request/reply, for
+//! workers (socket transfers) and for `pgcorral-cli` (commands).
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
+use super::command::{self, CommandRequest};
 use super::message::{self, Header, Id, HEADER_LEN};
 use super::transfer;
 use super::ManagementError;
@@ -66,6 +68,37 @@ impl ManagementClient {
         }
     }
 
+    /// Bounds every later read and write (`None`: wait for ever).
+    pub fn set_timeout(&self, timeout: Option<std::time::Duration>) -> std::io::Result<()> {
+        self.sock.set_read_timeout(timeout)?;
+        self.sock.set_write_timeout(timeout)
+    }
+
+    /// Runs an administration command; returns whether it succeeded and
+    /// its result (text or JSON, as requested).
+    pub fn command(&mut self, req: &CommandRequest) -> Result<(bool, String), ManagementError> {
+        let msg = message::encode(Id::Command, 0, &req.encode()?);
+        transfer::send(self.sock.as_fd(), &msg, None)?;
+        let mut text = Vec::new();
+        loop {
+            let reply = self.read_reply()?;
+            match reply.header.id {
+                Id::Reply => {
+                    let (ok, piece) = command::decode_reply(&reply.payload)?;
+                    if text.len() + piece.len() > MAX_RESULT {
+                        return Err(ManagementError::Malformed("result too long"));
+                    }
+                    text.extend_from_slice(piece);
+                    if reply.header.slot != message::MORE {
+                        return Ok((ok, String::from_utf8_lossy(&text).into_owned()));
+                    }
+                }
+                Id::Error => return Err(refused(&reply.payload)),
+                _ => return Err(ManagementError::Malformed("unexpected reply to a command")),
+            }
+        }
+    }
+
     pub fn read_reply(&mut self) -> Result<Reply, ManagementError> {
         let mut fds = Vec::new();
         let mut head = [0u8; HEADER_LEN];
@@ -93,6 +126,10 @@ impl ManagementClient {
         Ok(())
     }
 }
+
+/// The longest result a client accepts (`status details` of 10000 slots
+/// is a few MiB).
+const MAX_RESULT: usize = 64 * 1024 * 1024;
 
 fn slot_i32(slot: usize) -> Result<i32, ManagementError> {
     i32::try_from(slot).map_err(|_| ManagementError::Malformed("slot index"))

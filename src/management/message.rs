@@ -1,6 +1,12 @@
 //! Management message framing: a fixed header (version, id, slot, payload
 //! length) and a payload of at most `MAX_PAYLOAD` bytes. A socket travels as
 //! SCM_RIGHTS ancillary data on the message's first byte.
+//!
+//! Administration (`pgcorral-cli`) uses the same framing: a `Command`
+//! request and one or more `Reply` messages; their payloads are described in
+//! `command.rs`. In those two, the header's slot field is not a slot: in a
+//! `Reply` it is `MORE` when the text continues in the next message and
+//! `LAST` in the final one; in a `Command` it must be 0.
 
 use super::ManagementError;
 
@@ -23,7 +29,17 @@ pub enum Id {
     Socket = 4,
     /// Either way. Payload: UTF-8 reason.
     Error = 5,
+    /// Administrator → supervisor: run a command (see `command.rs`).
+    Command = 6,
+    /// Supervisor → administrator: a command's result, possibly in several
+    /// messages (see `MORE`).
+    Reply = 7,
 }
+
+/// Slot field of a `Reply` whose text continues in the next message.
+pub const MORE: i32 = 1;
+/// Slot field of the last (or only) `Reply` message of a result.
+pub const LAST: i32 = 0;
 
 impl Id {
     pub fn from_u8(v: u8) -> Option<Self> {
@@ -33,6 +49,8 @@ impl Id {
             3 => Id::GetSocket,
             4 => Id::Socket,
             5 => Id::Error,
+            6 => Id::Command,
+            7 => Id::Reply,
             _ => return None,
         })
     }

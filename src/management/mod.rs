@@ -1,8 +1,12 @@
 //! The management socket: a Unix-domain stream socket at
 //! `<unix_socket_dir>/.s.pgcorral.<port>` on which workers hand server
-//! sockets to the supervisor (and get them back) with SCM_RIGHTS.
+//! sockets to the supervisor (and get them back) with SCM_RIGHTS, and on
+//! which `pgcorral-cli` sends administration commands (`command`).
 
 pub mod client;
+pub mod command;
+pub mod disabled;
+pub mod json;
 pub mod message;
 pub mod server;
 pub mod transfer;
@@ -25,4 +29,6 @@ pub enum ManagementError {
     Refused(String),
     #[error("the supervisor closed the management connection")]
     Closed,
+    #[error(transparent)]
+    Command(#[from] command::CommandError),
 }

@@ -3,8 +3,10 @@
 //! per client, and keeps the pool tidy. It never starts a thread or an
 //! async runtime, because it forks.
 
+pub mod commands;
 pub mod listeners;
 pub mod prefill;
+pub mod reload;
 pub mod requests;
 pub mod signals;
 pub mod spawn;
@@ -77,6 +79,7 @@ pub struct Supervisor {
     credentials: Credentials,
     statement_key: [u64; 2],
     upkeep: upkeep::Upkeep,
+    admin: commands::Admin,
 }
 
 impl Supervisor {
@@ -138,6 +141,7 @@ impl Supervisor {
             credentials,
             statement_key: random_key(),
             upkeep,
+            admin: commands::Admin::new(),
         })
     }
 
@@ -174,6 +178,7 @@ impl Supervisor {
             if last_sweep.elapsed() >= TICK {
                 self.sweep();
                 self.upkeep();
+                self.admin_tick();
                 last_sweep = Instant::now();
             }
             if self.mode == Mode::Graceful && self.workers.is_empty() {
@@ -193,9 +198,10 @@ impl Supervisor {
                 return Some(0);
             }
             Signal::SIGTRAP => self.start_graceful(),
-            Signal::SIGHUP => log::warn!(
-                "SIGHUP: configuration reload is not available in this version; restart to apply changes"
-            ),
+            Signal::SIGHUP => {
+                // The outcome is logged; nobody waits for an answer.
+                let _ = self.reload_config("SIGHUP");
+            }
             other => log::debug!("{other} ignored"),
         }
         None

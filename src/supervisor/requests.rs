@@ -1,12 +1,16 @@
-//! Requests from workers on the management socket.
+//! Requests on the management socket: socket transfers from workers, and
+//! administration commands (`commands.rs`). Nothing here waits on a peer:
+//! reads stop at `WouldBlock` (or a budget), and replies a peer does not
+//! read at once are queued and written when its socket is writable.
 
 use std::os::fd::AsFd;
 
 use mio::{Interest, Token};
 
 use super::{Supervisor, CONNECTION_FIRST};
+use crate::management::command::CommandRequest;
 use crate::management::message::{self, Id};
-use crate::management::server::{Connection, Request};
+use crate::management::server::{Connection, ReadState, Request};
 use crate::slot::SlotState;
 
 impl Supervisor {
@@ -35,6 +39,9 @@ impl Supervisor {
                     conn.peer_uid,
                     conn.peer_pid
                 );
+                // One small write on a fresh socket; whatever does not fit
+                // is lost with the connection.
+                conn.reply_error(-1, &format!("only uid {me} may use this socket"));
                 continue;
             }
             let token = Token(self.next_connection);
@@ -54,27 +61,61 @@ impl Supervisor {
         }
     }
 
+    /// Any readiness of a management connection: queued replies go out,
+    /// then new requests are read and handled.
     pub(super) fn on_management_readable(&mut self, token: Token) {
         let Some(mut conn) = self.connections.remove(&token) else {
             return;
         };
-        let mut requests = Vec::new();
-        let keep = match conn.read_requests(&mut requests) {
-            Ok(open) => open,
-            Err(e) => {
-                log::warn!("management connection of pid {}: {e}", conn.peer_pid);
-                conn.reply_error(-1, &e.to_string());
-                false
+        let mut keep = conn.flush().is_ok();
+        let mut again = false;
+        if keep && !conn.closing {
+            let mut requests = Vec::new();
+            match conn.read_requests(&mut requests) {
+                Ok(ReadState::Open) => {}
+                Ok(ReadState::More) => again = true,
+                Ok(ReadState::Closed) => conn.closing = true,
+                Err(e) => {
+                    log::warn!("management connection of pid {}: {e}", conn.peer_pid);
+                    conn.reply_error(-1, &e.to_string());
+                    keep = false;
+                }
             }
-        };
-        for req in requests {
-            self.handle(&mut conn, req);
+            // Requests that came whole before a framing error are served.
+            for req in requests {
+                self.handle(&mut conn, req);
+            }
         }
-        if keep {
-            self.connections.insert(token, conn);
-        } else {
+        if conn.broken || (conn.closing && !conn.pending()) {
+            keep = false;
+        }
+        if !keep {
             let _ = self.poll.registry().deregister(&mut conn.stream);
+            return;
         }
+        let wants_write = conn.pending();
+        if again || wants_write != conn.wants_write {
+            let interest = if conn.closing {
+                Interest::WRITABLE
+            } else if wants_write {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            // Re-registering also re-arms the edge-triggered readiness, so a
+            // connection left with unread bytes (`More`) is served again.
+            if let Err(e) = self
+                .poll
+                .registry()
+                .reregister(&mut conn.stream, token, interest)
+            {
+                log::warn!("management connection of pid {}: {e}", conn.peer_pid);
+                let _ = self.poll.registry().deregister(&mut conn.stream);
+                return;
+            }
+            conn.wants_write = wants_write;
+        }
+        self.connections.insert(token, conn);
     }
 
     fn handle(&mut self, conn: &mut Connection, req: Request) {
@@ -98,6 +139,15 @@ impl Supervisor {
                     }
                 }
             }
+            Request::Command { payload } => match CommandRequest::decode(&payload) {
+                Ok(req) => {
+                    let reply = self.run_command(&req, conn.peer_pid);
+                    if let Err(e) = conn.queue(&reply) {
+                        log::warn!("management connection of pid {}: {e}", conn.peer_pid);
+                    }
+                }
+                Err(e) => conn.reply_error(0, &e.to_string()),
+            },
             Request::GetSocket { slot } => {
                 let Some(i) = self.owned_slot(slot, conn.peer_pid, SlotState::InUse) else {
                     conn.reply_error(slot, "slot is not in use by you");

@@ -182,6 +182,9 @@ fn serve(ctx: &Context<'_>, client: BorrowedFd<'_>, peer: &Peer) -> Result<(), W
     };
     let user = startup.user().unwrap_or_default().to_string();
     let database = startup.database().to_string();
+    if crate::management::disabled::refuse(ctx.segment, client, &database) {
+        return Ok(());
+    }
     let admission = match client_auth::admit(ctx.credentials, client, peer, &user, &database) {
         Ok(a) => a,
         Err(AuthError::Client(ProtocolError::Io(e)))
