@@ -39,7 +39,7 @@ fn pgbench_mode_within_limit(mode: &str) {
     let pc = Pgcorral::start(
         &pg,
         &format!(
-            "{TRANSACTION}\nmax_connections = 40\n[[limit]]\ndatabase = \"all\"\nuser = \"all\"\nmax_size = 10\n"
+            "{TRANSACTION}\nmax_connections = 40\nblocking_timeout = \"120s\"\n[[limit]]\ndatabase = \"all\"\nuser = \"all\"\nmax_size = 10\n"
         ),
     );
 

@@ -11,7 +11,7 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::relay::{closed_or_io, interest, ready_to_read, retry, Relay};
+use super::relay::{closed_or_io, interest, ready_to_read, retry, wait, Relay, Woke};
 use super::{Outcome, SessionState};
 use crate::protocol::error_response::is_fatal_or_panic;
 use crate::protocol::framer::{Event, Flow, Framer};
@@ -82,41 +82,25 @@ impl<'a> Performance<'a> {
                 return Outcome::Shutdown;
             }
             let idle = self.state.is_clean() && !self.c2s.has_pending() && !self.s2c.has_pending();
-            let wait = super::idle_wait(self.idle_limit, idle);
-            let mut fds = [
-                libc::pollfd {
-                    fd: self.client.as_raw_fd(),
-                    events: interest(self.c2s.has_room(), self.s2c.has_pending()),
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: self.server.as_raw_fd(),
-                    events: interest(self.s2c.has_room(), self.c2s.has_pending()),
-                    revents: 0,
-                },
-            ];
-            // SAFETY: polling two live descriptors through an array we own,
-            // with a signal mask that lives across the call.
-            let n = unsafe {
-                libc::ppoll(
-                    fds.as_mut_ptr(),
-                    2,
-                    wait.as_ref()
-                        .map_or(std::ptr::null(), |t| t as *const libc::timespec),
-                    &self.wait_mask,
-                )
+            let wait_for = super::idle_wait(self.idle_limit, idle);
+            let woke = wait(
+                (
+                    self.client.as_raw_fd(),
+                    interest(self.c2s.has_room(), self.s2c.has_pending()),
+                ),
+                (
+                    self.server.as_raw_fd(),
+                    interest(self.s2c.has_room(), self.c2s.has_pending()),
+                ),
+                wait_for,
+                &self.wait_mask,
+            );
+            let [c, s] = match woke {
+                Ok(Woke::Ready(fds)) => fds,
+                Ok(Woke::Interrupted) => continue,
+                Ok(Woke::TimedOut) => return Outcome::IdleTimeout,
+                Err(e) => return Outcome::Io(e),
             };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Outcome::Io(e);
-            }
-            if n == 0 {
-                return Outcome::IdleTimeout;
-            }
-            let [c, s] = fds;
             if ready_to_read(c.revents) && self.c2s.has_room() {
                 if let Some(done) = self.on_client_readable() {
                     return done;

@@ -182,3 +182,61 @@ pub fn closed_or_io(e: io::Error, closed: super::Outcome) -> super::Outcome {
         _ => super::Outcome::Io(e),
     }
 }
+
+/// What a pipeline's wait came back with.
+pub enum Woke {
+    /// Events on the client and on the server, in that order.
+    Ready([libc::pollfd; 2]),
+    /// The idle limit passed with nothing happening.
+    TimedOut,
+    /// A signal arrived; the caller checks its stop flag and waits again.
+    Interrupted,
+}
+
+/// Waits for the client and the server (a negative server descriptor is
+/// ignored) with `mask` as the signal mask during the wait, so a signal
+/// blocked outside it is delivered here and never lost.
+pub fn wait(
+    client: (i32, libc::c_short),
+    server: (i32, libc::c_short),
+    timeout: Option<libc::timespec>,
+    mask: &libc::sigset_t,
+) -> io::Result<Woke> {
+    let mut fds = [
+        libc::pollfd {
+            fd: client.0,
+            events: client.1,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: server.0,
+            events: server.1,
+            revents: 0,
+        },
+    ];
+    // SAFETY: polling through an array we own (the kernel skips a negative
+    // descriptor), with a timeout and mask that outlive the call.
+    let n = unsafe {
+        libc::ppoll(
+            fds.as_mut_ptr(),
+            2,
+            timeout
+                .as_ref()
+                .map_or(std::ptr::null(), |t| t as *const libc::timespec),
+            mask,
+        )
+    };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted {
+            Ok(Woke::Interrupted)
+        } else {
+            Err(e)
+        };
+    }
+    Ok(if n == 0 {
+        Woke::TimedOut
+    } else {
+        Woke::Ready(fds)
+    })
+}

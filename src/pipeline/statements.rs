@@ -14,7 +14,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::prepared::{Rewriter, Route};
-use super::relay::{interest, ready_to_read, retry};
+use super::relay::{interest, ready_to_read, retry, wait, Woke};
 use super::transaction::Attach;
 use super::Outcome;
 use crate::protocol::error_response::is_fatal_or_panic;
@@ -226,50 +226,33 @@ impl<'a, A: Attach> Statements<'a, A> {
                 && self.to_client.pending() == 0
                 && self.to_server.pending() == 0
                 && self.cin.available().is_empty();
-            let wait = super::idle_wait(self.idle_limit, quiet);
-            let mut fds = [
-                libc::pollfd {
-                    fd: self.client.as_raw_fd(),
-                    events: interest(
+            let wait_for = super::idle_wait(self.idle_limit, quiet);
+            let woke = wait(
+                (
+                    self.client.as_raw_fd(),
+                    interest(
                         self.cin.has_room()
                             && self.to_server.pending() < HIGH_WATER
                             && self.to_client.pending() < HIGH_WATER,
                         self.to_client.pending() > 0,
                     ),
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: self.server.unwrap_or(-1),
-                    events: interest(
+                ),
+                (
+                    self.server.unwrap_or(-1),
+                    interest(
                         self.sin.has_room() && self.to_client.pending() < HIGH_WATER,
                         self.to_server.pending() > 0,
                     ),
-                    revents: 0,
-                },
-            ];
-            // SAFETY: polling live descriptors (a negative one is ignored)
-            // through our own array, with a mask and timeout that outlive
-            // the call.
-            let n = unsafe {
-                libc::ppoll(
-                    fds.as_mut_ptr(),
-                    2,
-                    wait.as_ref()
-                        .map_or(std::ptr::null(), |t| t as *const libc::timespec),
-                    &self.wait_mask,
-                )
+                ),
+                wait_for,
+                &self.wait_mask,
+            );
+            let [c, s] = match woke {
+                Ok(Woke::Ready(fds)) => fds,
+                Ok(Woke::Interrupted) => continue,
+                Ok(Woke::TimedOut) => return Outcome::IdleTimeout,
+                Err(e) => return Outcome::Io(e),
             };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Outcome::Io(e);
-            }
-            if n == 0 {
-                return Outcome::IdleTimeout;
-            }
-            let [c, s] = fds;
             if ready_to_read(c.revents) && c.events & libc::POLLIN != 0 {
                 match self.cin.fill(self.client) {
                     Ok(0) => return Outcome::ClientClosed,
