@@ -47,10 +47,10 @@ struct Args {
     /// pgcorral's port (names the socket).
     #[arg(short = 'p', long = "port")]
     port: Option<u16>,
-    /// Remote management host (not available in this version).
+    /// Remote management host (with -p the management port and -U).
     #[arg(short = 'h', long = "host")]
     host: Option<String>,
-    /// Remote management user (not available in this version).
+    /// Remote management user; the password comes from PGCORRAL_PASSWORD or standard input.
     #[arg(short = 'U', long = "user")]
     user: Option<String>,
     /// Output format.
@@ -254,13 +254,38 @@ fn main() -> ExitCode {
         Err(e) => return fail(format, &words.join(" "), &e.to_string(), EXIT_USAGE),
     };
     let name = command.name();
-    if args.host.is_some() || args.user.is_some() {
-        return fail(
-            format,
-            name,
-            "remote management (-h, -U) is not available in this version; run pgcorral-cli on pgcorral's host",
-            EXIT_USAGE,
-        );
+    let timeout = Duration::from_secs(args.timeout.max(1));
+    if let Some(host) = &args.host {
+        let (Some(user), Some(port)) = (&args.user, args.port) else {
+            return fail(
+                format,
+                name,
+                "remote management needs -h HOST -p PORT -U USER",
+                EXIT_USAGE,
+            );
+        };
+        // The password comes from PGCORRAL_PASSWORD or the first line of
+        // standard input, so that it never appears in a process list.
+        let password = match std::env::var("PGCORRAL_PASSWORD") {
+            Ok(p) => p,
+            Err(_) => {
+                let mut line = String::new();
+                if std::io::stdin().read_line(&mut line).is_err() {
+                    return fail(
+                        format,
+                        name,
+                        "no password (set PGCORRAL_PASSWORD)",
+                        EXIT_USAGE,
+                    );
+                }
+                line.trim_end_matches(['\n', '\r']).to_string()
+            }
+        };
+        let client = match management::remote::login(host, port, user, &password, timeout) {
+            Ok(c) => c,
+            Err(e) => return fail(format, name, &format!("{host}:{port}: {e}"), EXIT_FAILED),
+        };
+        return run_command(client, format, words, name, timeout);
     }
 
     let (dir, port) = match (&args.config, &args.socket_dir, args.port) {
@@ -282,7 +307,7 @@ fn main() -> ExitCode {
     };
     let path = management::socket_path(&dir, port);
 
-    let mut client = match ManagementClient::connect(&path) {
+    let client = match ManagementClient::connect(&path) {
         Ok(c) => c,
         Err(ManagementError::Io(e))
             if matches!(
@@ -309,7 +334,16 @@ fn main() -> ExitCode {
             )
         }
     };
-    let timeout = Duration::from_secs(args.timeout.max(1));
+    run_command(client, format, words, name, timeout)
+}
+
+fn run_command(
+    mut client: ManagementClient,
+    format: Format,
+    words: Vec<String>,
+    name: &str,
+    timeout: Duration,
+) -> ExitCode {
     if let Err(e) = client.set_timeout(Some(timeout)) {
         return fail(format, name, &e.to_string(), EXIT_NO_ANSWER);
     }

@@ -27,11 +27,22 @@ pub fn load(main: &MainConfig) -> Result<Credentials, CredentialsError> {
     };
     let server_passwords = load_users(main, main.users_file.as_ref())?;
     let client_passwords = load_users(main, main.frontend_users_file.as_ref())?;
+    let mut admin_verifiers = std::collections::HashMap::new();
+    for (user, password) in load_users(main, main.admins_file.as_ref())? {
+        let v = crate::auth::ScramVerifier::generate(password.as_bytes()).map_err(|e| {
+            CredentialsError::Vault {
+                path: main.admins_file.clone().unwrap_or_default(),
+                message: e.to_string(),
+            }
+        })?;
+        admin_verifiers.insert(user, v);
+    }
     Credentials {
         hba,
         server_passwords,
         client_passwords,
         client_verifiers: Default::default(),
+        admin_verifiers,
     }
     .with_verifiers()
     .map_err(|e| CredentialsError::Vault {

@@ -725,3 +725,85 @@ fn malformed_management_messages_leave_the_supervisor_serving() {
         "{text}"
     );
 }
+
+/// Remote management: SCRAM against the admins file, then the same
+/// commands as the local socket.
+#[test]
+fn remote_management_needs_the_admin_password() {
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("master.key");
+    let admins = dir.path().join("admins.conf");
+    for args in [
+        vec!["-k", key.to_str().expect("path"), "master-key"],
+        vec![
+            "-k",
+            key.to_str().expect("path"),
+            "-f",
+            admins.to_str().expect("path"),
+            "user",
+            "add",
+            "-U",
+            "admin",
+            "-P",
+            "s3cret",
+        ],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgcorral-admin"))
+            .args(&args)
+            .output()
+            .expect("pgcorral-admin");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let port = common::free_port();
+    let pc = Pgcorral::start(
+        &pg,
+        &format!(
+            "management = {port}\nadmins_file = \"{}\"\nmaster_key_file = \"{}\"",
+            admins.display(),
+            key.display()
+        ),
+    );
+    let remote = |password: &str, user: &str, command: &[&str]| {
+        let out = std::process::Command::new(cli_bin())
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                user,
+                "-F",
+                "json",
+            ])
+            .args(command)
+            .env("PGCORRAL_PASSWORD", password)
+            .output()
+            .expect("pgcorral-cli");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = remote("s3cret", "admin", &["status"]);
+    assert_eq!(code, 0, "right password refused: {err}");
+    assert!(
+        out.contains("\"ok\":true") && out.contains(&format!("\"pid\":{}", pc.pid)),
+        "{out}"
+    );
+    let (code, _, err) = remote("wrong", "admin", &["ping"]);
+    assert_ne!(code, 0, "a wrong password was accepted");
+    assert!(err.contains("password authentication failed"), "{err}");
+    let (code, _, err_unknown) = remote("s3cret", "nobody", &["ping"]);
+    assert_ne!(code, 0, "an unknown administrator was accepted");
+    assert_eq!(
+        err.replace("admin", "X"),
+        err_unknown.replace("nobody", "X"),
+        "an unknown administrator is told something else than a wrong password"
+    );
+}

@@ -40,6 +40,7 @@ pub const MAIN_KEYS: &[(&str, bool)] = &[
     ("users_file", false),
     ("frontend_users_file", false),
     ("master_key_file", false),
+    ("admins_file", false),
 ];
 
 /// Keys of each `[server.NAME]`; none is reloadable (`switch-to` changes
@@ -129,6 +130,7 @@ fn main_value(m: &MainConfig, key: &str) -> Option<String> {
         "users_file" => path(&m.users_file),
         "frontend_users_file" => path(&m.frontend_users_file),
         "master_key_file" => path(&m.master_key_file),
+        "admins_file" => path(&m.admins_file),
         _ => return None,
     })
 }

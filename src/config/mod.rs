@@ -94,6 +94,8 @@ pub struct MainConfig {
     pub frontend_users_file: Option<PathBuf>,
     /// Key that decrypts the vault files; default `~/.pgcorral/master.key`.
     pub master_key_file: Option<PathBuf>,
+    /// Administrators allowed on the remote management port (vault format).
+    pub admins_file: Option<PathBuf>,
 }
 
 impl Default for MainConfig {
@@ -123,6 +125,7 @@ impl Default for MainConfig {
             users_file: None,
             frontend_users_file: None,
             master_key_file: None,
+            admins_file: None,
         }
     }
 }
@@ -367,9 +370,6 @@ impl Config {
     pub fn unimplemented_settings(&self) -> Vec<String> {
         let main = &self.main;
         let mut keys = Vec::new();
-        if main.management != 0 {
-            keys.push("management");
-        }
         if main.metrics != 0 {
             keys.push("metrics");
         }

@@ -467,7 +467,7 @@ max_size = 5
 min_size = 2
 "#;
     let config = Config::from_toml(text).unwrap();
-    assert_eq!(config.unimplemented_settings(), ["management", "metrics"]);
+    assert_eq!(config.unimplemented_settings(), ["metrics"]);
     let config = Config::from_toml(
         "[pgcorral]\nvalidation = \"background\"\ndisconnect_client = 30\n[server.a]\n",
     )

@@ -11,7 +11,7 @@ use super::transfer;
 use super::ManagementError;
 
 pub struct ManagementClient {
-    sock: UnixStream,
+    sock: OwnedFd,
 }
 
 pub struct Reply {
@@ -23,7 +23,7 @@ pub struct Reply {
 impl ManagementClient {
     pub fn connect(path: &Path) -> Result<Self, ManagementError> {
         Ok(ManagementClient {
-            sock: UnixStream::connect(path)?,
+            sock: UnixStream::connect(path)?.into(),
         })
     }
 
@@ -70,8 +70,13 @@ impl ManagementClient {
 
     /// Bounds every later read and write (`None`: wait for ever).
     pub fn set_timeout(&self, timeout: Option<std::time::Duration>) -> std::io::Result<()> {
-        self.sock.set_read_timeout(timeout)?;
-        self.sock.set_write_timeout(timeout)
+        crate::worker::io::set_timeouts(self.sock.as_fd(), timeout)
+    }
+
+    /// Speaks the management protocol over an already connected stream
+    /// (remote management: a TCP connection past its SCRAM exchange).
+    pub fn from_stream(sock: OwnedFd) -> Self {
+        ManagementClient { sock }
     }
 
     /// Runs an administration command; returns whether it succeeded and

@@ -8,6 +8,7 @@ pub mod command;
 pub mod disabled;
 pub mod json;
 pub mod message;
+pub mod remote;
 pub mod server;
 pub mod transfer;
 

@@ -35,6 +35,7 @@ use crate::worker::{Context, Peer};
 const SIGNALS: Token = Token(0);
 const MANAGEMENT: Token = Token(1);
 const UNIX: Token = Token(2);
+const REMOTE: Token = Token(3);
 const TCP_FIRST: usize = 10;
 const CONNECTION_FIRST: usize = 1000;
 /// How often the pool is swept even when nothing happens.
@@ -72,6 +73,8 @@ pub struct Supervisor {
     unix_path: PathBuf,
     management: UnixListener,
     management_path: PathBuf,
+    /// Remote management listener (`management` port), if configured.
+    remote: Option<TcpListener>,
     connections: HashMap<Token, Connection>,
     next_connection: usize,
     workers: HashSet<i32>,
@@ -110,6 +113,17 @@ impl Supervisor {
             .map_err(SupervisorError::Poll)?;
         reg.register(&mut management, MANAGEMENT, Interest::READABLE)
             .map_err(SupervisorError::Poll)?;
+        let mut remote = match main.management {
+            0 => None,
+            port => listeners::tcp(&main.host, port)?.into_iter().next(),
+        };
+        if let Some(l) = remote.as_mut() {
+            reg.register(l, REMOTE, Interest::READABLE)
+                .map_err(SupervisorError::Poll)?;
+            if let Ok(a) = l.local_addr() {
+                log::info!("remote management on {a}");
+            }
+        }
         reg.register(&mut unix, UNIX, Interest::READABLE)
             .map_err(SupervisorError::Poll)?;
         for (i, l) in tcp.iter_mut().enumerate() {
@@ -134,6 +148,7 @@ impl Supervisor {
             unix_path,
             management,
             management_path,
+            remote,
             connections: HashMap::new(),
             next_connection: CONNECTION_FIRST,
             workers: HashSet::new(),
@@ -168,6 +183,7 @@ impl Supervisor {
                         }
                     }
                     MANAGEMENT => self.accept_management(),
+                    REMOTE => self.accept_remote(),
                     UNIX => self.accept_unix(),
                     Token(t) if (TCP_FIRST..CONNECTION_FIRST).contains(&t) => {
                         self.accept_tcp(t - TCP_FIRST)
@@ -228,6 +244,30 @@ impl Supervisor {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
                     log::warn!("accept: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn accept_remote(&mut self) {
+        loop {
+            let Some(listener) = &self.remote else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, addr)) => {
+                    let peer = addr.to_string();
+                    match spawn::spawn_admin(&self.context(), stream.into(), &peer) {
+                        Ok(pid) => {
+                            self.workers.insert(pid);
+                        }
+                        Err(e) => log::error!("{peer}: cannot fork a management helper: {e}"),
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    log::warn!("remote management accept: {e}");
                     return;
                 }
             }

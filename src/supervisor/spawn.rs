@@ -85,6 +85,46 @@ pub fn ranges_to_close(keep: [RawFd; 2], pool_lo: RawFd, pool_hi: RawFd) -> Vec<
     out
 }
 
+/// Forks a helper that serves one remote administrator (see
+/// `management::remote`); the parent gets its pid.
+pub fn spawn_admin(ctx: &Context<'_>, client: OwnedFd, peer: &str) -> std::io::Result<i32> {
+    // SAFETY: as in `spawn_worker`: single-threaded parent, and the child
+    // leaves through _exit without returning into supervisor code.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if pid > 0 {
+        drop(client);
+        return Ok(pid);
+    }
+    crate::logging::before_closing_inherited();
+    close_inherited(
+        client.as_raw_fd(),
+        crate::logging::inherited_descriptor(),
+        ctx.sockets,
+    );
+    crate::worker::signals::install(client.as_raw_fd());
+    crate::process_title::set(&format!("pgcorral: management {peer}"));
+    let timeout = ctx
+        .config
+        .main
+        .authentication_timeout
+        .max(std::time::Duration::from_secs(1));
+    let status = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        crate::management::remote::serve(
+            client,
+            peer,
+            ctx.credentials,
+            ctx.management_path,
+            timeout,
+        )
+    }))
+    .unwrap_or(2);
+    // SAFETY: ends the child without unwinding into the supervisor's frames.
+    unsafe { libc::_exit(status) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

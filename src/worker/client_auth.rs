@@ -26,6 +26,8 @@ pub struct Credentials {
     /// SCRAM verifiers of the passwords clients give, made once at load:
     /// deriving one costs thousands of PBKDF2 rounds.
     pub client_verifiers: HashMap<String, ScramVerifier>,
+    /// Remote management: administrators' verifiers (admins_file).
+    pub admin_verifiers: HashMap<String, ScramVerifier>,
 }
 
 impl Credentials {
@@ -241,7 +243,7 @@ fn check_md5(client: BorrowedFd<'_>, user: &str, expected: &str) -> Result<(), A
     }
 }
 
-fn check_scram(
+pub fn check_scram(
     client: BorrowedFd<'_>,
     user: &str,
     verifier: &ScramVerifier,
