@@ -807,3 +807,30 @@ fn remote_management_needs_the_admin_password() {
         "an unknown administrator is told something else than a wrong password"
     );
 }
+
+/// Prefill: `initial_size = 3` opens three connections at start; after
+/// `flush idle` closes them, the pool comes back to `min_size`.
+#[test]
+fn flush_idle_then_the_pool_returns_to_min_size() {
+    let pg = Postgres::start();
+    let pc = Pgcorral::start(
+        &pg,
+        "[[limit]]\ndatabase = \"postgres\"\nuser = \"postgres\"\nmax_size = 5\ninitial_size = 3\nmin_size = 2\n",
+    );
+    let count = || pg.backend_count(None);
+    assert!(
+        common::wait_until(Duration::from_secs(5), || count() == 3),
+        "prefill: {} backends",
+        count()
+    );
+    ok(&pc, &["flush", "idle"]);
+    let mut seen = Vec::new();
+    assert!(
+        common::wait_until(Duration::from_secs(20), || {
+            let n = count();
+            seen.push(n);
+            n == 2 && seen.iter().any(|&m| m < 3)
+        }),
+        "after flush idle the pool did not return to min_size 2: {seen:?}"
+    );
+}
