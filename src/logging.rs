@@ -74,6 +74,65 @@ pub fn reopen() -> Result<(), LoggingError> {
     Ok(())
 }
 
+/// When the current log file was opened, for `log_rotation_age`.
+static OPENED_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Called by the supervisor once a second: when the log file has reached
+/// `max_size` bytes or `max_age`, it is renamed to `<path>.<UTC time>` and
+/// a new one opened. Workers forked afterwards write to the new file;
+/// running ones finish in the old one. Returns the name it was moved to.
+pub fn rotate_if_due(max_size: u64, max_age: std::time::Duration) -> Option<PathBuf> {
+    let Some(Logger {
+        sink: Sink::File { path, fd },
+    }) = LOGGER.get()
+    else {
+        return None;
+    };
+    let opened = OPENED_MS.load(Ordering::SeqCst);
+    if opened == 0 {
+        OPENED_MS.store(now_ms(), Ordering::SeqCst);
+    }
+    // SAFETY: fstat on our own descriptor into a zeroed struct.
+    let size = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(fd.load(Ordering::SeqCst), &mut st) != 0 {
+            return None;
+        }
+        st.st_size as u64
+    };
+    let too_big = max_size > 0 && size >= max_size;
+    let too_old = !max_age.is_zero()
+        && opened != 0
+        && now_ms().saturating_sub(opened) >= max_age.as_millis() as u64;
+    if !too_big && !too_old {
+        return None;
+    }
+    let stamp = format_line(SystemTime::now(), Level::Info, 0, &"");
+    // "2026-11-23 20:31:05.123 INFO  [0] " → "20261123-203105.123"
+    let when: String = stamp
+        .split(' ')
+        .take(2)
+        .collect::<Vec<_>>()
+        .join("-")
+        .chars()
+        .filter(|c| c.is_ascii_digit() || *c == '-' || *c == '.')
+        .collect();
+    let target = PathBuf::from(format!("{}.{when}", path.display()));
+    if std::fs::rename(path, &target).is_err() {
+        return None;
+    }
+    let _ = reopen();
+    OPENED_MS.store(now_ms(), Ordering::SeqCst);
+    Some(target)
+}
+
 /// One log line, newline included: `2026-11-23 20:31:05.123 INFO  [12345] message`
 /// (UTC, milliseconds, level padded to five).
 pub fn format_line(time: SystemTime, level: Level, pid: u32, message: &dyn fmt::Display) -> String {

@@ -143,3 +143,37 @@ fn process_titles_name_the_supervisor_and_each_client() {
         "worker title: {title:?}"
     );
 }
+
+#[test]
+fn the_log_file_is_rotated_by_size() {
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("pgcorral.log");
+    let pc = Pgcorral::start(
+        &pg,
+        &format!(
+            "log_type = \"file\"\nlog_path = \"{}\"\nlog_level = \"debug\"\nlog_rotation_size = \"1K\"",
+            log.display()
+        ),
+    );
+    let rotated = || {
+        std::fs::read_dir(dir.path())
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("pgcorral.log."))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    for _ in 0..20 {
+        let mut c = pc.connect();
+        c.simple_query("select 1").expect("query");
+    }
+    assert!(
+        common::wait_until(std::time::Duration::from_secs(10), || rotated() >= 1),
+        "no rotated log file in {}",
+        dir.path().display()
+    );
+    let current = std::fs::read_to_string(&log).expect("the current log file exists");
+    assert!(current.contains("log rotated"), "{current}");
+}

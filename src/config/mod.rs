@@ -8,6 +8,7 @@
 pub mod duration;
 mod error;
 pub mod keys;
+pub mod size;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -75,6 +76,12 @@ pub struct MainConfig {
     /// Named protocol-level prepared statements a client may hold in
     /// transaction pooling (0 turns statement tracking off).
     pub max_prepared_statements: usize,
+    /// Rotate the log file once it is this large (bytes; 0 = never).
+    #[serde(deserialize_with = "size::deserialize")]
+    pub log_rotation_size: u64,
+    /// Rotate the log file once it is this old (0 = never).
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub log_rotation_age: Duration,
     /// A line per client that connects (address, user, database, slot).
     pub log_connections: bool,
     /// A line per client that leaves (how, and after how long).
@@ -117,6 +124,8 @@ impl Default for MainConfig {
             log_level: LogLevel::Info,
             log_path: None,
             max_prepared_statements: 1000,
+            log_rotation_size: 0,
+            log_rotation_age: Duration::ZERO,
             log_connections: false,
             log_disconnections: false,
             management: 0,

@@ -192,6 +192,12 @@ impl Supervisor {
                 }
             }
             if last_sweep.elapsed() >= TICK {
+                let main = &self.config.main;
+                if let Some(old) =
+                    crate::logging::rotate_if_due(main.log_rotation_size, main.log_rotation_age)
+                {
+                    log::info!("log rotated; the previous lines are in {}", old.display());
+                }
                 self.sweep();
                 self.upkeep();
                 self.admin_tick();
