@@ -357,8 +357,7 @@ impl<'a, A: Attach> Statements<'a, A> {
                         self.cside.partial = Some(Partial::Whole { tag, len });
                         return None;
                     }
-                    let body = std::mem::take(&mut self.cside.gathered);
-                    if let Err(r) = self.client_whole(tag, &body) {
+                    if let Err(r) = self.client_whole(tag, Body::Gathered) {
                         return self.refuse(r);
                     }
                 }
@@ -415,9 +414,14 @@ impl<'a, A: Attach> Statements<'a, A> {
                             }
                             if avail >= 5 + body_len {
                                 let start = self.cin.start + 5;
-                                let body = self.cin.buf[start..start + body_len].to_vec();
+                                // Only the index moves: the bytes stay put
+                                // until the next fill.
                                 self.cin.start += 5 + body_len;
-                                if let Err(r) = self.client_whole(tag, &body) {
+                                let body = Body::Input {
+                                    start,
+                                    len: body_len,
+                                };
+                                if let Err(r) = self.client_whole(tag, body) {
                                     return self.refuse(r);
                                 }
                             } else {
@@ -432,16 +436,19 @@ impl<'a, A: Attach> Statements<'a, A> {
         }
     }
 
-    fn client_whole(&mut self, tag: u8, body: &[u8]) -> Result<(), Refusal> {
+    fn client_whole(&mut self, tag: u8, body: Body) -> Result<(), Refusal> {
         self.ensure_attached()?;
         let Statements {
+            cin,
+            cside,
             rewriter,
             attach,
             to_server,
             to_client,
             ..
         } = self;
-        rewriter
+        let body = body.bytes(cin, &cside.gathered);
+        let result = rewriter
             .client_message(
                 tag,
                 body,
@@ -449,7 +456,9 @@ impl<'a, A: Attach> Statements<'a, A> {
                 &mut to_server.buf,
                 &mut to_client.buf,
             )
-            .map_err(|e| Refusal(ErrorResponse::fatal(e.sqlstate(), e.to_string())))
+            .map_err(|e| Refusal(ErrorResponse::fatal(e.sqlstate(), e.to_string())));
+        cside.gathered.clear();
+        result
     }
 
     fn on_server_input(&mut self) -> Option<Outcome> {
@@ -485,8 +494,7 @@ impl<'a, A: Attach> Statements<'a, A> {
                         self.sside.partial = Some(Partial::Whole { tag, len });
                         return None;
                     }
-                    let body = std::mem::take(&mut self.sside.gathered);
-                    if let Some(done) = self.server_whole(tag, &body) {
+                    if let Some(done) = self.server_whole(tag, Body::Gathered) {
                         return Some(done);
                     }
                 }
@@ -522,9 +530,12 @@ impl<'a, A: Attach> Statements<'a, A> {
                             }
                             if avail >= 5 + body_len {
                                 let start = self.sin.start + 5;
-                                let body = self.sin.buf[start..start + body_len].to_vec();
                                 self.sin.start += 5 + body_len;
-                                if let Some(done) = self.server_whole(tag, &body) {
+                                let body = Body::Input {
+                                    start,
+                                    len: body_len,
+                                };
+                                if let Some(done) = self.server_whole(tag, body) {
                                     return Some(done);
                                 }
                             } else {
@@ -539,24 +550,28 @@ impl<'a, A: Attach> Statements<'a, A> {
         }
     }
 
-    fn server_whole(&mut self, tag: u8, body: &[u8]) -> Option<Outcome> {
-        match tag {
-            backend::PARAMETER_STATUS => {
-                if let Ok((k, v)) = protocol::parse_parameter_status(body) {
-                    self.attach.parameter(&k, &v);
-                }
-            }
-            backend::ERROR_RESPONSE if is_fatal_or_panic(body) => self.server_fatal = true,
-            _ => {}
-        }
+    fn server_whole(&mut self, tag: u8, body: Body) -> Option<Outcome> {
         let Statements {
+            sin,
+            sside,
             rewriter,
             attach,
             to_server,
             to_client,
+            server_fatal,
             ..
         } = self;
-        match rewriter.server_message(
+        let body = body.bytes(sin, &sside.gathered);
+        match tag {
+            backend::PARAMETER_STATUS => {
+                if let Ok((k, v)) = protocol::parse_parameter_status(body) {
+                    attach.parameter(&k, &v);
+                }
+            }
+            backend::ERROR_RESPONSE if is_fatal_or_panic(body) => *server_fatal = true,
+            _ => {}
+        }
+        let result = match rewriter.server_message(
             tag,
             body,
             attach.statements(),
@@ -565,6 +580,26 @@ impl<'a, A: Attach> Statements<'a, A> {
         ) {
             Ok(()) => None,
             Err(e) => Some(Outcome::ServerLost(e.to_string())),
+        };
+        sside.gathered.clear();
+        result
+    }
+}
+
+/// Where a whole message's body is: still in the input buffer, or gathered
+/// across reads. Handing the rewriter a slice of either spares a copy and
+/// an allocation per message.
+#[derive(Clone, Copy)]
+enum Body {
+    Input { start: usize, len: usize },
+    Gathered,
+}
+
+impl Body {
+    fn bytes<'b>(self, input: &'b Input, gathered: &'b [u8]) -> &'b [u8] {
+        match self {
+            Body::Input { start, len } => &input.buf[start..start + len],
+            Body::Gathered => gathered,
         }
     }
 }
