@@ -9,15 +9,15 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use super::auth_proof::AuthProof;
-use super::io::{set_nodelay, set_timeouts, write_all, FdIo};
 use crate::auth::md5;
+use crate::auth::proof::AuthProof;
 use crate::auth::scram::{self, ScramClient, ScramError};
 use crate::config::ServerConfig;
 use crate::protocol::frontend;
 use crate::protocol::tag::backend;
 use crate::protocol::tag::frontend as frontend_tag;
 use crate::protocol::{self, AuthRequest, ErrorResponse, ProtocolError, StartupMessage};
+use crate::worker::io::{set_nodelay, set_timeouts, write_all, FdIo};
 
 /// Start-up messages from the server are small; anything bigger is not a
 /// PostgreSQL server talking.
@@ -58,6 +58,7 @@ pub enum ServerError {
 }
 
 /// How pgcorral answers the server's authentication request.
+#[derive(Clone, Copy)]
 pub enum Login<'a> {
     /// pgcorral knows no password: the server must not ask for one.
     Trust,
