@@ -103,8 +103,10 @@ fn take_pooled(
     let fd = match sockets.pooled(ctx, index) {
         Ok(fd) => fd,
         Err(e) => {
+            // Without its socket the connection is of no use to anyone.
+            log::warn!("slot {index}: {e}; closing it");
             pool::check_in(ctx.segment, index, me, Verdict::Dirty);
-            return Err(e);
+            return Ok(None);
         }
     };
     if !attach::validate(ctx, sockets, index, me, fd) {

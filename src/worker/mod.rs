@@ -312,3 +312,28 @@ fn run_pipeline(
     let _ = io::set_nonblocking(server, false);
     (outcome, state)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_to_get_a_connection_map_to_what_postgresql_would_say() {
+        let code = |e: WorkerError| e.response().map(|r| r.code);
+        assert_eq!(
+            code(PoolError::ShuttingDown.into()).as_deref(),
+            Some(sqlstate::CANNOT_CONNECT_NOW)
+        );
+        assert_eq!(
+            code(PoolError::Timeout(Duration::from_secs(1)).into()).as_deref(),
+            Some(sqlstate::TOO_MANY_CONNECTIONS)
+        );
+        let refusal = ErrorResponse::fatal("28P01", "password authentication failed");
+        let passed = WorkerError::from(ServerError::Rejected(refusal.clone())).response();
+        assert_eq!(passed, Some(refusal), "passed on as the server sent it");
+        assert_eq!(
+            code(WorkerError::StartupTimeout(Duration::from_secs(1))),
+            None
+        );
+    }
+}
