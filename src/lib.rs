@@ -12,6 +12,7 @@ pub mod pooled_sockets;
 pub mod process_title;
 pub mod protocol;
 pub mod segment;
+pub mod server;
 pub mod slot;
 pub mod supervisor;
 pub mod vault;

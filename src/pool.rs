@@ -1,13 +1,15 @@
 //! Taking and giving back slots: the pool policy on top of the slot state
-//! machine. Workers call `acquire`/`release`/`discard`; the supervisor calls
+//! machine. Workers call `acquire` and give every connection back through
+//! `check_in`, the one place that decides keep or close; the supervisor calls
 //! `reclaim_owner` and `finish_remove`; upkeep (the supervisor and its
 //! helpers) uses `take_for_check` and what follows it, and
 //! `reserve_for_prefill`.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::auth::proof::AuthProof;
 use crate::segment::Segment;
-use crate::slot::{identity_key, SlotState, NO_OWNER};
+use crate::slot::{identity_key, Slot, SlotState, NO_OWNER};
 
 /// What a client needs a server connection for.
 #[derive(Debug, Clone, Copy)]
@@ -172,10 +174,75 @@ pub fn abandon_new(seg: &Segment, index: usize, me: i32) {
     }
 }
 
-/// The connection is idle and clean: back to the pool, unless it was
-/// flushed while in use (`Slot::close_on_release`): then the supervisor
-/// closes it (REMOVE).
-pub fn release(seg: &Segment, index: usize, me: i32) -> bool {
+/// What the holder of a connection knows of its state when giving it back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Idle outside a transaction, with nothing of the client's session
+    /// left that matters (reset done where the pipeline needs one).
+    Clean,
+    /// In a state nobody can vouch for: mid-transaction, out of step, or
+    /// the client or server went away.
+    Dirty,
+    /// `server_reset_query` did not leave the connection idle and clean.
+    ResetFailed,
+}
+
+/// Why `check_in` closed a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// Its login cannot be proved by another client (relayed SCRAM).
+    NotShareable,
+    /// It was flushed while in use (`Slot::close_on_release`).
+    Flushed,
+    Dirty,
+    ResetFailed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckedIn {
+    /// Back in the pool, FREE.
+    Kept,
+    /// REMOVE: the supervisor closes it.
+    Closed(Closed),
+    /// The caller did not hold the slot IN_USE; nothing changed.
+    NotHeld,
+}
+
+/// Whether another client may ever be given this connection. A relayed
+/// SCRAM login (or an unreadable proof) may not: nothing a later client
+/// sends can be checked against it. Owner only (reads the proof).
+pub fn may_be_shared(slot: &Slot) -> bool {
+    AuthProof::decode(slot.proof()) != AuthProof::NotReusable
+}
+
+/// Gives back a connection `me` holds IN_USE, deciding alone whether it is
+/// kept (FREE) or closed (REMOVE): closed when the caller's verdict is not
+/// clean, when it may not be shared, or when it was flushed meanwhile.
+pub fn check_in(seg: &Segment, index: usize, me: i32, verdict: Verdict) -> CheckedIn {
+    let Some(slot) = seg.slots().get(index) else {
+        return CheckedIn::NotHeld;
+    };
+    if slot.snapshot() != (SlotState::InUse, me) {
+        return CheckedIn::NotHeld;
+    }
+    let close = match verdict {
+        Verdict::Dirty => Some(Closed::Dirty),
+        Verdict::ResetFailed => Some(Closed::ResetFailed),
+        Verdict::Clean if !may_be_shared(slot) => Some(Closed::NotShareable),
+        Verdict::Clean if slot.close_on_release() => Some(Closed::Flushed),
+        Verdict::Clean => None,
+    };
+    let done = match close {
+        Some(why) => discard(seg, index, me).then_some(CheckedIn::Closed(why)),
+        None => release(seg, index, me).then_some(CheckedIn::Kept),
+    };
+    done.unwrap_or(CheckedIn::NotHeld)
+}
+
+/// The keep path of `check_in`: back to the pool, unless the connection
+/// was flushed while in use (`Slot::close_on_release`): then the
+/// supervisor closes it (REMOVE). Workers go through `check_in`.
+pub(crate) fn release(seg: &Segment, index: usize, me: i32) -> bool {
     let Some(slot) = seg.slots().get(index) else {
         return false;
     };
@@ -192,8 +259,8 @@ pub fn release(seg: &Segment, index: usize, me: i32) -> bool {
     ok
 }
 
-/// The connection's state is unknown or broken: the supervisor closes it.
-pub fn discard(seg: &Segment, index: usize, me: i32) -> bool {
+/// The close path of `check_in`: the supervisor closes the connection.
+pub(crate) fn discard(seg: &Segment, index: usize, me: i32) -> bool {
     seg.slots().get(index).is_some_and(|s| {
         s.transition(SlotState::InUse, me, SlotState::Remove, NO_OWNER)
             .is_ok()
@@ -236,8 +303,8 @@ pub fn finish_remove(seg: &Segment, index: usize) -> bool {
 
 /// A prefill helper opening a connection ahead of demand: charges the limit
 /// rule and reserves an empty slot, never evicting an idle connection of
-/// another database or user. The caller connects, then calls `publish_new`
-/// and `release`, or `abandon_new`.
+/// another database or user. The caller fills the slot
+/// (`server::fill_slot`) and checks it in, or calls `abandon_new`.
 pub fn reserve_for_prefill(seg: &Segment, want: Want<'_>, me: i32) -> Option<usize> {
     let limit = seg.limit(want.limit);
     if let Some(l) = limit {
@@ -497,5 +564,82 @@ mod tests {
         release(&seg, i, 10);
         let got = acquire(&seg, want("d"), 11, Instant::now() + Duration::from_secs(1));
         assert_eq!(got.unwrap(), Acquired::Pooled(i));
+    }
+
+    /// A slot of `want("d")` held IN_USE by `me`, with a proof that lets
+    /// it be shared.
+    fn held(seg: &Segment, me: i32) -> usize {
+        let Some(Acquired::New(i)) = try_acquire(seg, want("d"), me) else {
+            panic!("no slot")
+        };
+        seg.slots()[i].set_proof(&AuthProof::Nothing.encode());
+        assert!(publish_new(seg, i, me));
+        i
+    }
+
+    #[test]
+    fn check_in_keeps_only_a_clean_shareable_connection() {
+        let seg = Segment::create(1, &[1]).unwrap();
+        let i = held(&seg, 10);
+        assert_eq!(check_in(&seg, i, 10, Verdict::Clean), CheckedIn::Kept);
+        assert_eq!(seg.slots()[i].state(), SlotState::Free);
+        assert_eq!(try_acquire(&seg, want("d"), 11), Some(Acquired::Pooled(i)));
+    }
+
+    #[test]
+    fn check_in_closes_what_may_not_be_kept() {
+        type Prepare = fn(&Slot);
+        let cases: [(Prepare, Verdict, Closed); 4] = [
+            (|_| {}, Verdict::Dirty, Closed::Dirty),
+            (|_| {}, Verdict::ResetFailed, Closed::ResetFailed),
+            (
+                |s| {
+                    s.set_proof(&AuthProof::NotReusable.encode());
+                },
+                Verdict::Clean,
+                Closed::NotShareable,
+            ),
+            (
+                |s| s.mark_close_on_release(),
+                Verdict::Clean,
+                Closed::Flushed,
+            ),
+        ];
+        for (prepare, verdict, why) in cases {
+            let seg = Segment::create(1, &[1]).unwrap();
+            let i = held(&seg, 10);
+            prepare(&seg.slots()[i]);
+            assert_eq!(
+                check_in(&seg, i, 10, verdict),
+                CheckedIn::Closed(why),
+                "{verdict:?}"
+            );
+            assert_eq!(seg.slots()[i].state(), SlotState::Remove, "{why:?}");
+            assert!(finish_remove(&seg, i));
+            assert_eq!(seg.limits()[0].active(), 0);
+        }
+    }
+
+    #[test]
+    fn a_relayed_scram_login_is_closed_even_with_a_clean_verdict_and_never_pooled() {
+        let seg = Segment::create(1, &[1]).unwrap();
+        let i = held(&seg, 10);
+        seg.slots()[i].set_proof(&AuthProof::NotReusable.encode());
+        assert!(!may_be_shared(&seg.slots()[i]));
+        check_in(&seg, i, 10, Verdict::Clean);
+        assert_eq!(try_acquire(&seg, want("d"), 11), None, "never FREE");
+    }
+
+    #[test]
+    fn check_in_by_a_non_holder_changes_nothing() {
+        let seg = Segment::create(2, &[2]).unwrap();
+        let i = held(&seg, 10);
+        assert_eq!(check_in(&seg, i, 11, Verdict::Clean), CheckedIn::NotHeld);
+        assert_eq!(check_in(&seg, i, 11, Verdict::Dirty), CheckedIn::NotHeld);
+        assert_eq!(seg.slots()[i].snapshot(), (SlotState::InUse, 10));
+        assert_eq!(check_in(&seg, 7, 10, Verdict::Clean), CheckedIn::NotHeld);
+        assert_eq!(check_in(&seg, i, 10, Verdict::Clean), CheckedIn::Kept);
+        assert_eq!(check_in(&seg, i, 10, Verdict::Clean), CheckedIn::NotHeld);
+        assert_eq!(seg.slots()[i].state(), SlotState::Free);
     }
 }

@@ -421,3 +421,68 @@ fn a_master_key_readable_by_others_is_refused() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("master.key"), "{stderr}");
 }
+
+/// In transaction mode a relayed SCRAM login stays with its client for the
+/// whole session: it is never pooled between transactions, so no other
+/// client (with or without the password) can be handed it or disturb it,
+/// and it is closed when its client leaves.
+#[test]
+fn scram_pass_through_in_transaction_mode_is_pinned_to_its_client() {
+    let pg = postgres_with_passwords();
+    let pc = Pgcorral::start(&pg, "pipeline = \"transaction\"\nmax_connections = 4");
+
+    let mut first = connect(&pc, "scramuser", "scrampass").expect("right SCRAM password");
+    let pid = backend_pid(&mut first);
+    let run_transactions = |c: &mut postgres::Client, what: &str| {
+        for i in 0..3 {
+            let mut t = c.transaction().expect("begin");
+            let got: i32 = t.query_one("select $1::int", &[&i]).expect("query").get(0);
+            assert_eq!(got, i);
+            t.commit().expect("commit");
+            assert_eq!(
+                backend_pid(c),
+                pid,
+                "{what}: the session moved to another backend"
+            );
+        }
+    };
+    run_transactions(&mut first, "alone");
+
+    // Another client of the same user meanwhile: right password gets its
+    // own connection, a wrong one a proper refusal, never an internal error.
+    let mut second = connect(&pc, "scramuser", "scrampass").expect("second client");
+    let second_pid = backend_pid(&mut second);
+    assert_ne!(second_pid, pid, "two clients share a relayed SCRAM login");
+    assert_bad_password(connect(&pc, "scramuser", "nope"), "scramuser");
+    run_transactions(&mut first, "after other clients");
+
+    // A stranger who sends only a start-up packet for the user and hangs up.
+    {
+        let mut stranger = pc.tcp_stream();
+        stranger
+            .write_all(&common::startup_message("scramuser", "postgres"))
+            .expect("send start-up");
+        let answer = common::read_answer(&mut stranger);
+        assert!(
+            !matches!(answer, common::Answer::Error(_)),
+            "the stranger got {answer:?} instead of an authentication request"
+        );
+    }
+    drop(second);
+    assert!(
+        wait_until(Duration::from_secs(5), || pc.workers().len() == 1),
+        "workers: {:?}",
+        pc.workers()
+    );
+    run_transactions(&mut first, "after a stranger hung up");
+
+    drop(first);
+    wait_idle(&pc);
+    assert!(
+        wait_until(Duration::from_secs(5), || last_query(&pg, pid).is_none()
+            && last_query(&pg, second_pid).is_none()),
+        "a relayed SCRAM connection outlived its client"
+    );
+    let mut again = connect(&pc, "scramuser", "scrampass").expect("after everyone left");
+    assert_ne!(backend_pid(&mut again), pid);
+}

@@ -516,3 +516,75 @@ fn same_statement_name_different_text_in_two_clients() {
         .expect("b after a closed its statement");
     assert_eq!(rb.get::<_, i32>(1), 70);
 }
+
+/// Pids of PostgreSQL's client backends other than the asking one.
+fn pool_backends(pg: &Postgres) -> Vec<i32> {
+    let mut pids: Vec<i32> = pg
+        .psql(
+            "select pid from pg_stat_activity \
+             where backend_type = 'client backend' and pid <> pg_backend_pid()",
+        )
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+fn prepared_round(client: &mut postgres::Client) {
+    for round in 0..3 {
+        let mut t = client.transaction().expect("begin");
+        let stmt = t.prepare("select $1::int + 1").expect("prepare");
+        for i in 0..3 {
+            let got: i32 = t
+                .query_one(&stmt, &[&(round * 10 + i)])
+                .expect("execute")
+                .get(0);
+            assert_eq!(got, round * 10 + i + 1);
+        }
+        t.commit().expect("commit");
+    }
+    let stmt = client
+        .prepare("select $1::int + 1")
+        .expect("prepare outside");
+    let got: i32 = client.query_one(&stmt, &[&41]).expect("execute").get(0);
+    assert_eq!(got, 42);
+}
+
+/// Connections prefilled into slots that held other connections before
+/// start with no prepared statements recorded: a client's statements are
+/// prepared again on them, never assumed to be there.
+#[test]
+fn prepared_statements_on_prefilled_connections() {
+    let pg = Postgres::start();
+    let pc = Pgcorral::start(
+        &pg,
+        &format!(
+            "{TRANSACTION}\nmax_prepared_statements = 20\nmax_connection_age = \"3s\"\n\
+             background_interval = \"1s\"\n\
+             [[limit]]\ndatabase = \"postgres\"\nuser = \"postgres\"\nmax_size = 4\n\
+             initial_size = 2\nmin_size = 2\n"
+        ),
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || pool_backends(&pg).len() == 2),
+        "prefill: {:?}",
+        pool_backends(&pg)
+    );
+    let mut client = pc.connect();
+    prepared_round(&mut client);
+    drop(client);
+    // max_connection_age closes the connections; prefill opens new ones in
+    // the emptied slots.
+    let old = pool_backends(&pg);
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let now = pool_backends(&pg);
+            now.len() == 2 && now.iter().all(|p| !old.contains(p))
+        }),
+        "the pool was not renewed: before {old:?}, now {:?}",
+        pool_backends(&pg)
+    );
+    let mut client = pc.connect();
+    prepared_round(&mut client);
+}

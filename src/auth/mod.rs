@@ -7,6 +7,7 @@
 
 pub mod hba;
 pub mod md5;
+pub mod proof;
 pub mod scram;
 
 pub use hba::{ConnKind, Hba, HbaError, HbaRule, Method};

@@ -4,23 +4,21 @@
 //!
 //! The supervisor only decides that connections are missing (`targets`);
 //! a short-lived helper it forks opens them (`run`), exactly as a worker
-//! opens a connection for a new slot: reserve an empty slot, connect, hand
-//! the socket to the supervisor over the management socket, publish the
-//! slot and release it FREE.
+//! opens a connection for a new slot: reserve an empty slot, connect, fill
+//! it (`server::fill_slot`, which hands the socket to the supervisor and
+//! publishes the slot) and check it in FREE.
 
-use std::os::fd::AsFd;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::auth::proof::AuthProof;
 use crate::config::Config;
 use crate::management::client::ManagementClient;
-use crate::management::ManagementError;
-use crate::pool::{self, Want};
+use crate::pool::{self, CheckedIn, Verdict, Want};
 use crate::segment::Segment;
+use crate::server::{self, FillError, Login, ServerError};
 use crate::slot::SlotState;
-use crate::worker::auth_proof::AuthProof;
 use crate::worker::client_auth::Credentials;
-use crate::worker::server_connect::{self, Login, ServerError};
 
 /// Helper exit statuses.
 pub const DONE: i32 = 0;
@@ -79,12 +77,10 @@ enum PrefillError {
     NoRoom,
     #[error(transparent)]
     Server(#[from] ServerError),
-    #[error("handing the socket to the supervisor: {0}")]
-    Management(#[from] ManagementError),
-    #[error("server start-up messages ({0} bytes) do not fit in a slot")]
-    StartupTooLarge(usize),
-    #[error("slot {0} was taken from the helper")]
-    Lost(usize),
+    #[error(transparent)]
+    Fill(#[from] FillError),
+    #[error("slot {0} was not kept in the pool")]
+    NotKept(usize),
 }
 
 /// Everything the helper needs, borrowed from the supervisor's memory
@@ -176,7 +172,7 @@ impl Prefill<'_> {
             Some(pw) => Login::Password(pw),
             None => Login::Trust,
         };
-        let (conn, _) = server_connect::connect(
+        let (conn, _) = server::connect(
             self.config.primary_server(),
             &t.user,
             &t.database,
@@ -184,37 +180,28 @@ impl Prefill<'_> {
             login,
             connect_timeout(self.config),
         )?;
-        let slot = &self.segment.slots()[i];
-        if !slot.set_startup(&conn.startup) {
-            return Err(PrefillError::StartupTooLarge(conn.startup.len()));
-        }
         // pgcorral logged in itself (vault password) or the server asked
         // for none: nothing for later clients to re-prove.
-        slot.set_proof(&AuthProof::Nothing.encode());
-        slot.set_backend(conn.backend_pid, conn.backend_key);
-        let generation = slot.bump_generation();
-        let mgmt = match management {
-            Some(m) => m,
-            None => management.insert(ManagementClient::connect(self.management_path)?),
-        };
-        mgmt.transfer(i, generation, conn.fd.as_fd())?;
-        if !pool::publish_new(self.segment, i, me) {
-            return Err(PrefillError::Lost(i));
+        server::fill_slot(
+            self.segment,
+            i,
+            me,
+            &conn,
+            &AuthProof::Nothing,
+            management,
+            self.management_path,
+        )?;
+        match pool::check_in(self.segment, i, me, Verdict::Clean) {
+            CheckedIn::Kept => Ok(()),
+            _ => Err(PrefillError::NotKept(i)),
         }
-        pool::release(self.segment, i, me);
-        Ok(())
     }
 }
 
 /// How long a helper waits for PostgreSQL: `authentication_timeout`, at
 /// least a second, 10 s when it is 0 (as a worker connecting does).
 pub fn connect_timeout(config: &Config) -> Duration {
-    let t = config.main.authentication_timeout;
-    if t.is_zero() {
-        Duration::from_secs(10)
-    } else {
-        t.max(Duration::from_secs(1))
-    }
+    server::wait_limit(config.main.authentication_timeout)
 }
 
 #[cfg(test)]

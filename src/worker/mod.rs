@@ -1,39 +1,38 @@
 //! A worker serves one client, in a process the supervisor forked for it:
 //! start-up, a slot, the pipeline, and the slot back (or thrown away).
 
+pub mod acquire;
 pub mod attach;
-pub mod auth_proof;
 pub mod cancel;
 pub mod client_auth;
 pub mod client_startup;
 pub mod io;
-pub mod server_connect;
+pub mod session;
 pub mod signals;
 pub mod transaction;
+
+/// What a pass-through client proved lives with the authentication code.
+pub use crate::auth::proof as auth_proof;
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::config::PipelineKind;
 use crate::management::ManagementError;
-use crate::pipeline;
-use crate::pipeline::params::Params;
 use crate::pipeline::performance::Performance;
 use crate::pipeline::prepared::Rewriter;
 use crate::pipeline::statements::Statements;
 use crate::pipeline::transaction::Transaction;
 use crate::pipeline::Outcome;
-use crate::pool::{self, Acquired, PoolError, Want};
+use crate::pool::PoolError;
 use crate::pooled_sockets::PooledSockets;
-use crate::protocol::{self, sqlstate, ErrorResponse, ProtocolError};
+use crate::protocol::{sqlstate, ErrorResponse, ProtocolError};
 use crate::segment::Segment;
-use attach::Sockets;
-use auth_proof::AuthProof;
-use client_auth::{Admission, AuthError, Credentials};
-use client_startup::ClientStart;
-use server_connect::{Login, ServerError};
+use crate::server::session::SessionError;
+use crate::server::{FillError, ServerError};
+use client_auth::{AuthError, Credentials};
+use session::Session;
 use transaction::WorkerAttach;
 
 /// Where a client came from: an address for TCP, none for the Unix socket.
@@ -76,17 +75,21 @@ pub enum WorkerError {
     Pool(#[from] PoolError),
     #[error(transparent)]
     Server(#[from] ServerError),
-    #[error("handing the server socket to the supervisor: {0}")]
+    #[error("getting the server socket from the supervisor: {0}")]
     Management(#[from] ManagementError),
-    #[error("server start-up messages ({0} bytes) do not fit in a slot")]
-    StartupTooLarge(usize),
+    #[error(transparent)]
+    Fill(#[from] FillError),
     #[error("setting session parameters on the server: {0}")]
-    ParameterSync(String),
+    ParameterSync(#[source] SessionError),
 }
 
 impl WorkerError {
-    /// The ErrorResponse the client gets, if any.
-    fn response(&self) -> Option<ErrorResponse> {
+    /// The ErrorResponse the client gets, if any: the one mapping for a
+    /// session that cannot start and for a transaction that cannot attach.
+    /// A connection asked for during shutdown gets 57P03, as PostgreSQL
+    /// answers a connection attempt while it shuts down; a server's refusal
+    /// is passed on as the server sent it.
+    pub fn response(&self) -> Option<ErrorResponse> {
         fn fatal(code: &str, message: impl Into<String>) -> ErrorResponse {
             ErrorResponse::fatal(code, message)
         }
@@ -113,7 +116,7 @@ impl WorkerError {
             ),
             WorkerError::Server(_) => fatal(sqlstate::CONNECTION_FAILURE, self.to_string()),
             WorkerError::ParameterSync(_) => fatal(sqlstate::CONNECTION_FAILURE, self.to_string()),
-            WorkerError::Management(_) | WorkerError::StartupTooLarge(_) => {
+            WorkerError::Management(_) | WorkerError::Fill(_) => {
                 fatal(sqlstate::INTERNAL_ERROR, self.to_string())
             }
         })
@@ -144,203 +147,12 @@ pub fn run(ctx: &Context<'_>, client: OwnedFd, peer: &Peer) -> i32 {
 }
 
 fn serve(ctx: &Context<'_>, client: BorrowedFd<'_>, peer: &Peer) -> Result<(), WorkerError> {
-    let main = &ctx.config.main;
-    io::set_nodelay(client);
-    // Sockets from the listener are non-blocking; start-up is easier
-    // blocking, bounded by authentication_timeout.
-    let startup_limit = main.authentication_timeout;
-    let bounded = (!startup_limit.is_zero()).then_some(startup_limit);
-    io::set_nonblocking(client, false).map_err(|e| WorkerError::ClientProtocol(e.into()))?;
-    io::set_timeouts(client, bounded).map_err(|e| WorkerError::ClientProtocol(e.into()))?;
-
-    let mut out = Vec::with_capacity(1024);
-    let start = match client_startup::negotiate(client, &mut out) {
-        Ok(s) => s,
-        Err(ProtocolError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
-            return Err(WorkerError::StartupTimeout(startup_limit))
-        }
-        Err(e) => return Err(WorkerError::ClientProtocol(e)),
-    };
-    let startup = match start {
-        ClientStart::Startup(s) => s,
-        ClientStart::Cancel {
-            process_id,
-            secret_key,
-        } => {
-            // As PostgreSQL does, the sender learns nothing either way.
-            let found = cancel::route(ctx.config, ctx.segment, process_id, secret_key);
-            log::debug!(
-                "{peer}: cancel request for {process_id} {}",
-                if found {
-                    "forwarded"
-                } else {
-                    "matched no session"
-                }
-            );
-            return Ok(());
-        }
-    };
-    let user = startup.user().unwrap_or_default().to_string();
-    let database = startup.database().to_string();
-    if crate::management::disabled::refuse(ctx.segment, client, &database) {
+    let Some(mut session) = Session::open(ctx, client, peer)? else {
         return Ok(());
-    }
-    let admission = match client_auth::admit(ctx.credentials, client, peer, &user, &database) {
-        Ok(a) => a,
-        Err(AuthError::Client(ProtocolError::Io(e)))
-            if e.kind() == std::io::ErrorKind::WouldBlock =>
-        {
-            return Err(WorkerError::StartupTimeout(startup_limit))
-        }
-        Err(e) => return Err(e.into()),
     };
-    let me = std::process::id() as i32;
-    let limit = ctx.config.limit_for(&database, &user).map(|(i, _)| i);
-    let want = Want {
-        database: &database,
-        user: &user,
-        limit,
-        server: 0,
-    };
-    let deadline = Instant::now() + main.blocking_timeout;
-    let mut sockets = Sockets::new();
-    let (got, fd) = loop {
-        let got = pool::acquire(ctx.segment, want, me, deadline)?;
-        if let (Acquired::Pooled(i), Admission::PassThrough { trusted: false }) = (got, &admission)
-        {
-            let slot = &ctx.segment.slots()[i];
-            let proof = AuthProof::decode(slot.proof());
-            if let Err(e) = client_auth::check_pooled(client, &user, &proof) {
-                // Nothing reached the server: the connection goes back untouched.
-                if proof == AuthProof::NotReusable {
-                    pool::discard(ctx.segment, i, me);
-                } else {
-                    pool::release(ctx.segment, i, me);
-                }
-                return Err(e.into());
-            }
-        }
-        let fd = match got {
-            Acquired::Pooled(i) => {
-                let fd = sockets.pooled(ctx, i).inspect_err(|_| {
-                    pool::discard(ctx.segment, i, me);
-                })?;
-                if !attach::validate(ctx, &mut sockets, i, me, fd) {
-                    continue;
-                }
-                fd
-            }
-            Acquired::New(i) => {
-                let login = match &admission {
-                    Admission::Vault { server_password } => Login::Password(server_password),
-                    Admission::PassThrough { .. } => Login::Relay(client),
-                };
-                attach::open_new(ctx, &mut sockets, i, me, &startup, login).inspect_err(|_| {
-                    pool::abandon_new(ctx.segment, i, me);
-                })?
-            }
-        };
-        break (got, fd);
-    };
-    let slot_index = match got {
-        Acquired::Pooled(i) | Acquired::New(i) => i,
-    };
-    let slot = &ctx.segment.slots()[slot_index];
-    // SAFETY: `fd` is the slot's socket, kept open by `sockets` or by the
-    // inherited pooled range while this worker holds the slot.
-    let server = unsafe { BorrowedFd::borrow_raw(fd) };
-    // A connection opened for this client already has its settings, and
-    // what the server reports is what they came to; a pooled one must be
-    // brought in line with what the client asked for.
-    let desired = match got {
-        Acquired::New(_) => Params::from_startup(slot.startup()),
-        Acquired::Pooled(_) => {
-            Params::from_client(&startup.params).or(&Params::from_startup(slot.startup()))
-        }
-    };
-    if let Err(e) = attach::sync_params(ctx, server, slot, &desired) {
-        pool::discard(ctx.segment, slot_index, me);
-        return Err(e);
-    }
-    log::debug!(
-        "{peer}: {user}/{database} on slot {slot_index} (backend {}, {})",
-        slot.backend_pid(),
-        if matches!(got, Acquired::Pooled(_)) {
-            "pooled"
-        } else {
-            "new"
-        }
-    );
-
-    let secret = cancel::new_secret();
-    slot.set_client_key(secret);
-    out.clear();
-    protocol::authentication_ok(&mut out);
-    cancel::startup_for_client(slot.startup(), me, secret, &mut out);
-    protocol::ready_for_query(&mut out, b'I');
-    if let Err(e) = io::write_all(client, &out) {
-        // The client left before its session began; the connection is clean.
-        slot.set_client_key(0);
-        pool::release(ctx.segment, slot_index, me);
-        return Err(WorkerError::ClientProtocol(e.into()));
-    }
-
-    crate::process_title::set(&format!("pgcorral: {user}/{database} {peer}"));
-    if main.log_connections {
-        log::info!("connection: {user}/{database} from {peer} (slot {slot_index})");
-    }
-    let connected = Instant::now();
-    let kind = pipeline::resolve(main.pipeline).unwrap_or(PipelineKind::Performance);
-    if kind == PipelineKind::Transaction {
-        // The first transaction takes a connection like every other one.
-        let desired = Params::from_startup(slot.startup()).or(&desired);
-        slot.set_client_key(0);
-        pool::release(ctx.segment, slot_index, me);
-        let attach = WorkerAttach {
-            ctx,
-            me,
-            database: database.clone(),
-            user: user.clone(),
-            limit,
-            startup: &startup,
-            admission: &admission,
-            sockets,
-            desired,
-            secret,
-            held: None,
-            statements: transaction::SlotStatements { slot: None },
-        };
-        let outcome = if main.max_prepared_statements > 0 {
-            let rewriter = Rewriter::new(main.max_prepared_statements, ctx.statement_key);
-            run_statements(client, attach, rewriter, main.disconnect_client)
-        } else {
-            run_transaction(client, attach, main.disconnect_client)
-        };
-        log_outcome(peer, &outcome);
-        if main.log_disconnections {
-            log_disconnection(peer, &user, &database, &outcome, connected);
-        }
-        return Ok(());
-    }
-
-    let (outcome, state) = run_pipeline(client, server, main.disconnect_client);
-    log_outcome(peer, &outcome);
-    if main.log_disconnections {
-        log_disconnection(peer, &user, &database, &outcome, connected);
-    }
-    let mut reusable = outcome.leaves_server_reusable(&state)
-        && AuthProof::decode(slot.proof()) != AuthProof::NotReusable;
-    if reusable && kind == PipelineKind::Session {
-        reusable = attach::reset(ctx, server, slot);
-    }
-    slot.set_client_key(0);
-    if reusable {
-        pool::release(ctx.segment, slot_index, me);
-    } else {
-        log::debug!("{peer}: slot {slot_index} not reusable ({outcome:?}, {state:?})");
-        pool::discard(ctx.segment, slot_index, me);
-    }
-    drop(sockets);
+    session.acquire()?;
+    session.greet()?;
+    session.run();
     Ok(())
 }
 
@@ -499,4 +311,29 @@ fn run_pipeline(
     // leave them blocking as the next worker expects none of our flags.
     let _ = io::set_nonblocking(server, false);
     (outcome, state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_to_get_a_connection_map_to_what_postgresql_would_say() {
+        let code = |e: WorkerError| e.response().map(|r| r.code);
+        assert_eq!(
+            code(PoolError::ShuttingDown.into()).as_deref(),
+            Some(sqlstate::CANNOT_CONNECT_NOW)
+        );
+        assert_eq!(
+            code(PoolError::Timeout(Duration::from_secs(1)).into()).as_deref(),
+            Some(sqlstate::TOO_MANY_CONNECTIONS)
+        );
+        let refusal = ErrorResponse::fatal("28P01", "password authentication failed");
+        let passed = WorkerError::from(ServerError::Rejected(refusal.clone())).response();
+        assert_eq!(passed, Some(refusal), "passed on as the server sent it");
+        assert_eq!(
+            code(WorkerError::StartupTimeout(Duration::from_secs(1))),
+            None
+        );
+    }
 }

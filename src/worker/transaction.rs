@@ -1,17 +1,20 @@
 //! The worker's side of transaction pooling: a server connection for each
 //! transaction, with the client's parameters and cancel key moved along.
+//! A connection that may not be shared (relayed SCRAM login) is pinned: it
+//! stays with its client for the whole session and is closed when the
+//! client leaves.
 
 use std::os::fd::{BorrowedFd, RawFd};
-use std::time::Instant;
 
-use super::attach::{self, Sockets};
-use super::server_connect::Login;
+use super::acquire::{self, Held, Request};
+use super::attach::Sockets;
 use super::{client_auth::Admission, Context, WorkerError};
 use crate::pipeline::params::{self, Params};
 use crate::pipeline::prepared::{self, ServerStatements};
 use crate::pipeline::transaction::Attach;
-use crate::pool::{self, Acquired, PoolError, Want};
+use crate::pool::{self, Verdict, Want};
 use crate::protocol::{sqlstate, ErrorResponse, StartupMessage};
+use crate::server::Login;
 
 pub struct WorkerAttach<'a> {
     pub ctx: &'a Context<'a>,
@@ -26,74 +29,74 @@ pub struct WorkerAttach<'a> {
     pub desired: Params,
     /// Secret half of the client's cancel key.
     pub secret: i32,
+    /// The connection attached now, if any.
     pub held: Option<usize>,
+    /// A connection kept for this client between transactions.
+    pub pinned: Option<Held>,
     pub statements: SlotStatements<'a>,
 }
 
 impl WorkerAttach<'_> {
-    fn get(&mut self) -> Result<(usize, RawFd), WorkerError> {
-        let want = Want {
-            database: &self.database,
-            user: &self.user,
-            limit: self.limit,
-            server: 0,
-        };
-        let deadline = Instant::now() + self.ctx.config.main.blocking_timeout;
-        let (index, fd) = loop {
-            let got = pool::acquire(self.ctx.segment, want, self.me, deadline)?;
-            match got {
-                Acquired::Pooled(i) => match self.sockets.pooled(self.ctx, i) {
-                    Ok(fd) => {
-                        if !attach::validate(self.ctx, &mut self.sockets, i, self.me, fd) {
-                            continue;
-                        }
-                        break (i, fd);
-                    }
-                    Err(e) => {
-                        pool::discard(self.ctx.segment, i, self.me);
-                        return Err(e);
-                    }
-                },
-                Acquired::New(i) => {
-                    // Mid-session the client cannot be asked for its password
-                    // again: a new connection needs the vault, or a server
-                    // that asks for none.
-                    let login = match self.admission {
-                        Admission::Vault { server_password } => Login::Password(server_password),
-                        Admission::PassThrough { .. } => Login::Trust,
-                    };
-                    match attach::open_new(
-                        self.ctx,
-                        &mut self.sockets,
-                        i,
-                        self.me,
-                        self.startup,
-                        login,
-                    ) {
-                        Ok(fd) => break (i, fd),
-                        Err(e) => {
-                            pool::abandon_new(self.ctx.segment, i, self.me);
-                            return Err(e);
-                        }
-                    }
-                }
+    fn get(&mut self) -> Result<Held, WorkerError> {
+        let held = match self.pinned {
+            Some(held) => held,
+            None => {
+                // Mid-session the client cannot be asked for its password
+                // again: a new connection needs the vault, or a server
+                // that asks for none.
+                let login = match self.admission {
+                    Admission::Vault { server_password } => Login::Password(server_password),
+                    Admission::PassThrough { .. } => Login::Trust,
+                };
+                let req = Request {
+                    want: Want {
+                        database: &self.database,
+                        user: &self.user,
+                        limit: self.limit,
+                        server: 0,
+                    },
+                    startup: self.startup,
+                    login,
+                    prove: None,
+                    desired: &self.desired,
+                    sync_fresh: true,
+                };
+                acquire::acquire(self.ctx, &mut self.sockets, self.me, &req)?
             }
         };
-        let slot = &self.ctx.segment.slots()[index];
-        // SAFETY: `fd` is the slot's socket, kept open by `self.sockets`
-        // or by the inherited pooled range for as long as we hold the slot.
-        let server = unsafe { BorrowedFd::borrow_raw(fd) };
-        let synced = attach::sync_params(self.ctx, server, slot, &self.desired).and_then(|_| {
-            super::io::set_nonblocking(server, true)
-                .map_err(|e| WorkerError::ParameterSync(e.to_string()))
-        });
-        if let Err(e) = synced {
-            self.sockets.forget(index);
-            pool::discard(self.ctx.segment, index, self.me);
-            return Err(e);
+        // SAFETY: the slot's socket, open while we hold the slot (`Held`).
+        let server = unsafe { BorrowedFd::borrow_raw(held.fd) };
+        if let Err(e) = super::io::set_nonblocking(server, true) {
+            self.close(held.index);
+            return Err(WorkerError::ClientProtocol(e.into()));
         }
-        slot.set_client_key(self.secret);
-        Ok((index, fd))
+        if !pool::may_be_shared(&self.ctx.segment.slots()[held.index]) {
+            self.pinned = Some(held);
+        }
+        self.ctx.segment.slots()[held.index].set_client_key(self.secret);
+        Ok(held)
+    }
+
+    fn close(&mut self, index: usize) {
+        if self.pinned.is_some_and(|p| p.index == index) {
+            self.pinned = None;
+        }
+        self.sockets.forget(index);
+        pool::check_in(self.ctx.segment, index, self.me, Verdict::Dirty);
+    }
+}
+
+impl Drop for WorkerAttach<'_> {
+    /// The client left: a connection still attached is in no known state,
+    /// and a pinned one goes with its client.
+    fn drop(&mut self) {
+        if let Some(index) = self.held.take() {
+            self.ctx.segment.slots()[index].set_client_key(0);
+            self.close(index);
+        }
+        if let Some(pinned) = self.pinned.take() {
+            pool::check_in(self.ctx.segment, pinned.index, self.me, Verdict::Clean);
+        }
     }
 }
 
@@ -132,24 +135,16 @@ impl ServerStatements for SlotStatements<'_> {
 impl Attach for WorkerAttach<'_> {
     fn attach(&mut self) -> Result<RawFd, ErrorResponse> {
         match self.get() {
-            Ok((index, fd)) => {
-                self.held = Some(index);
-                self.statements.slot = Some(&self.ctx.segment.slots()[index]);
-                Ok(fd)
+            Ok(held) => {
+                self.held = Some(held.index);
+                self.statements.slot = Some(&self.ctx.segment.slots()[held.index]);
+                Ok(held.fd)
             }
             Err(e) => {
                 log::warn!("{}/{}: no server connection: {e}", self.user, self.database);
-                Err(match e {
-                    WorkerError::Pool(PoolError::Timeout(_)) => ErrorResponse::fatal(
-                        sqlstate::TOO_MANY_CONNECTIONS,
-                        "no server connection available: all are in use (blocking_timeout reached)",
-                    ),
-                    WorkerError::Pool(PoolError::ShuttingDown) => ErrorResponse::fatal(
-                        sqlstate::ADMIN_SHUTDOWN,
-                        "the pooler is shutting down",
-                    ),
-                    other => ErrorResponse::fatal(sqlstate::CONNECTION_FAILURE, other.to_string()),
-                })
+                Err(e.response().unwrap_or_else(|| {
+                    ErrorResponse::fatal(sqlstate::CONNECTION_FAILURE, e.to_string())
+                }))
             }
         }
     }
@@ -159,13 +154,11 @@ impl Attach for WorkerAttach<'_> {
         let Some(index) = self.held.take() else {
             return;
         };
-        let slot = &self.ctx.segment.slots()[index];
-        slot.set_client_key(0);
-        if clean {
-            pool::release(self.ctx.segment, index, self.me);
-        } else {
-            self.sockets.forget(index);
-            pool::discard(self.ctx.segment, index, self.me);
+        self.ctx.segment.slots()[index].set_client_key(0);
+        if !clean {
+            self.close(index);
+        } else if self.pinned.is_none() {
+            pool::check_in(self.ctx.segment, index, self.me, Verdict::Clean);
         }
     }
 

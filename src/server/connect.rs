@@ -9,15 +9,15 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use super::auth_proof::AuthProof;
-use super::io::{set_nodelay, set_timeouts, write_all, FdIo};
 use crate::auth::md5;
+use crate::auth::proof::AuthProof;
 use crate::auth::scram::{self, ScramClient, ScramError};
 use crate::config::ServerConfig;
 use crate::protocol::frontend;
 use crate::protocol::tag::backend;
 use crate::protocol::tag::frontend as frontend_tag;
 use crate::protocol::{self, AuthRequest, ErrorResponse, ProtocolError, StartupMessage};
+use crate::worker::io::{set_nodelay, set_timeouts, write_all, FdIo};
 
 /// Start-up messages from the server are small; anything bigger is not a
 /// PostgreSQL server talking.
@@ -58,6 +58,7 @@ pub enum ServerError {
 }
 
 /// How pgcorral answers the server's authentication request.
+#[derive(Clone, Copy)]
 pub enum Login<'a> {
     /// pgcorral knows no password: the server must not ask for one.
     Trust,
@@ -89,15 +90,7 @@ pub fn connect(
 ) -> Result<(ServerConnection, AuthProof), ServerError> {
     let fd = open_socket(server, timeout)?;
     set_timeouts(fd.as_fd(), Some(timeout)).map_err(ProtocolError::Io)?;
-
-    let mut out = Vec::with_capacity(256);
-    let mut all = vec![
-        ("user".to_string(), user.to_string()),
-        ("database".to_string(), database.to_string()),
-    ];
-    all.extend(params.iter().filter(|(k, _)| forwarded(k)).cloned());
-    StartupMessage::new(all).encode(&mut out);
-    write_all(fd.as_fd(), &out).map_err(ProtocolError::Io)?;
+    send_startup(fd.as_fd(), user, database, params)?;
 
     let mut startup = Vec::with_capacity(512);
     let mut backend_pid = 0;
@@ -109,31 +102,8 @@ pub fn connect(
         let msg = protocol::read_message(&mut io, MAX_STARTUP_MESSAGE)?;
         match msg.tag {
             backend::AUTHENTICATION => {
-                let request = protocol::parse_authentication(&msg.body)?;
-                if matches!(request, AuthRequest::Ok) {
-                    // A server that skips SASLFinal never proved it knows
-                    // the password: it could be anyone.
-                    if scram.is_some() {
-                        return Err(ServerError::Auth(
-                            "server accepted SCRAM without proving itself".into(),
-                        ));
-                    }
-                    continue;
-                }
-                out.clear();
-                match &login {
-                    Login::Trust => {
-                        return Err(ServerError::AuthUnsupported(method_name(&request)))
-                    }
-                    Login::Password(pw) => {
-                        answer_with_password(&request, pw, user, &mut scram, &mut out)?
-                    }
-                    Login::Relay(client) => {
-                        proof = relay(*client, &msg.body, &request, &mut out)?.unwrap_or(proof)
-                    }
-                }
-                if !out.is_empty() {
-                    write_all(fd.as_fd(), &out).map_err(ProtocolError::Io)?;
+                if let Some(p) = authenticate(fd.as_fd(), &msg.body, login, user, &mut scram)? {
+                    proof = p;
                 }
             }
             backend::PARAMETER_STATUS => append_raw(&mut startup, msg.tag, &msg.body),
@@ -161,6 +131,58 @@ pub fn connect(
         },
         proof,
     ))
+}
+
+fn send_startup(
+    fd: BorrowedFd<'_>,
+    user: &str,
+    database: &str,
+    params: &[(String, String)],
+) -> Result<(), ServerError> {
+    let mut out = Vec::with_capacity(256);
+    let mut all = vec![
+        ("user".to_string(), user.to_string()),
+        ("database".to_string(), database.to_string()),
+    ];
+    all.extend(params.iter().filter(|(k, _)| forwarded(k)).cloned());
+    StartupMessage::new(all).encode(&mut out);
+    write_all(fd, &out).map_err(ProtocolError::Io)?;
+    Ok(())
+}
+
+/// Answers one Authentication request of the server; returns what a
+/// relaying client proved, if this answer proved something.
+fn authenticate(
+    fd: BorrowedFd<'_>,
+    body: &[u8],
+    login: Login<'_>,
+    user: &str,
+    scram: &mut Option<ScramClient>,
+) -> Result<Option<AuthProof>, ServerError> {
+    let request = protocol::parse_authentication(body)?;
+    if matches!(request, AuthRequest::Ok) {
+        // A server that skips SASLFinal never proved it knows the
+        // password: it could be anyone.
+        if scram.is_some() {
+            return Err(ServerError::Auth(
+                "server accepted SCRAM without proving itself".into(),
+            ));
+        }
+        return Ok(None);
+    }
+    let mut out = Vec::with_capacity(256);
+    let proof = match login {
+        Login::Trust => return Err(ServerError::AuthUnsupported(method_name(&request))),
+        Login::Password(pw) => {
+            answer_with_password(&request, pw, user, scram, &mut out)?;
+            None
+        }
+        Login::Relay(client) => relay(client, body, &request, &mut out)?,
+    };
+    if !out.is_empty() {
+        write_all(fd, &out).map_err(ProtocolError::Io)?;
+    }
+    Ok(proof)
 }
 
 fn method_name(request: &AuthRequest) -> &'static str {

@@ -1,0 +1,109 @@
+//! Bringing an idle connection's session in line: the tracked parameters a
+//! client expects (`sync_params`), and `DISCARD ALL` before a connection
+//! goes back to the pool (`reset`). Both leave the connection idle and
+//! record what the server reports in the slot.
+
+use std::os::fd::BorrowedFd;
+use std::time::Duration;
+
+use crate::pipeline::params::{self, Params};
+use crate::protocol::tag::backend;
+use crate::protocol::{self, ErrorResponse, ProtocolError};
+use crate::slot::Slot;
+use crate::worker::io::{self, FdIo};
+
+/// Answers to SET and DISCARD are small; a bigger message means the
+/// stream is not where we think.
+const MAX_ANSWER: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("{sql}: {message}")]
+    Refused { sql: String, message: String },
+    #[error("server not idle after {0}")]
+    NotIdle(String),
+}
+
+/// Sets on the server whatever tracked parameter differs from `desired`,
+/// and records the server's new values in the slot.
+pub fn sync_params(
+    server: BorrowedFd<'_>,
+    slot: &Slot,
+    desired: &Params,
+    timeout: Duration,
+) -> Result<(), SessionError> {
+    let Some(sql) = desired.differences(&Params::from_startup(slot.startup())) else {
+        return Ok(());
+    };
+    let answer = run_idle(server, slot, &sql, timeout)?;
+    match answer.error {
+        Some(message) => Err(SessionError::Refused { sql, message }),
+        None if !answer.idle => Err(SessionError::NotIdle(sql)),
+        None => Ok(()),
+    }
+}
+
+/// Runs `DISCARD ALL` before a connection goes back to the pool. False
+/// when the connection cannot be vouched for afterwards.
+pub fn reset(server: BorrowedFd<'_>, slot: &Slot, timeout: Duration) -> bool {
+    // Whatever the answer, the statements are gone or the connection is.
+    slot.clear_prepared();
+    match run_idle(server, slot, "DISCARD ALL", timeout) {
+        Ok(answer) => answer.error.is_none() && answer.idle,
+        Err(e) => {
+            log::warn!("reset of backend {} failed: {e}", slot.backend_pid());
+            false
+        }
+    }
+}
+
+struct Answer {
+    error: Option<String>,
+    idle: bool,
+}
+
+/// Sends one simple query on an idle connection and reads up to
+/// ReadyForQuery, recording ParameterStatus changes in the slot. Leaves
+/// the socket blocking with no timeout.
+fn run_idle(
+    server: BorrowedFd<'_>,
+    slot: &Slot,
+    sql: &str,
+    timeout: Duration,
+) -> Result<Answer, SessionError> {
+    io::set_nonblocking(server, false)?;
+    io::set_timeouts(server, Some(timeout))?;
+    let mut out = Vec::with_capacity(sql.len() + 8);
+    protocol::query(&mut out, sql);
+    io::write_all(server, &out)?;
+    let mut error = None;
+    loop {
+        let msg = protocol::read_message(&mut FdIo(server), MAX_ANSWER)?;
+        match msg.tag {
+            backend::PARAMETER_STATUS => {
+                if let Ok((k, v)) = protocol::parse_parameter_status(&msg.body) {
+                    slot.set_startup(&params::startup_with(slot.startup(), &k, &v));
+                }
+            }
+            backend::ERROR_RESPONSE => {
+                error = Some(
+                    ErrorResponse::parse(&msg.body)
+                        .map(|e| e.message)
+                        .unwrap_or_else(|_| "unreadable error".into()),
+                )
+            }
+            backend::READY_FOR_QUERY => {
+                io::set_timeouts(server, None)?;
+                return Ok(Answer {
+                    error,
+                    idle: msg.body.first() == Some(&b'I'),
+                });
+            }
+            _ => {}
+        }
+    }
+}
