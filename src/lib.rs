@@ -14,5 +14,6 @@ pub mod protocol;
 pub mod segment;
 pub mod slot;
 pub mod supervisor;
+pub mod sys;
 pub mod vault;
 pub mod worker;
