@@ -76,4 +76,38 @@ mod tests {
             other => panic!("{other:?}"),
         }
     }
+
+    /// `detach` in a forked child: that child exits 0 at once, and the
+    /// grandchild that goes on leads its own session with its standard
+    /// streams on /dev/null. It reports over a pipe and exits.
+    #[test]
+    fn detach_leaves_a_session_leader_on_dev_null() {
+        use std::io::Read;
+        use std::os::fd::AsFd;
+        let (mut report, tell) = std::os::unix::net::UnixStream::pair().unwrap();
+        // `move`: the parent's copy of `tell` goes with the unused closure,
+        // so a grandchild that dies without reporting is end of stream.
+        let pid = fork_child(move || {
+            if detach().is_err() {
+                return 1;
+            }
+            let me = nix::unistd::getpid();
+            let leads = nix::unistd::getsid(None).map(|s| s == me).unwrap_or(false);
+            let on_null = (0..3).all(|fd| {
+                std::fs::read_link(format!("/proc/self/fd/{fd}"))
+                    .map(|p| p == std::path::Path::new("/dev/null"))
+                    .unwrap_or(false)
+            });
+            let _ = crate::sys::io::write_all(tell.as_fd(), &[u8::from(leads), u8::from(on_null)]);
+            0
+        })
+        .unwrap();
+        match waitpid(Pid::from_raw(pid), None).unwrap() {
+            WaitStatus::Exited(_, code) => assert_eq!(code, 0, "the parent side exits 0"),
+            other => panic!("{other:?}"),
+        }
+        let mut got = [0u8; 2];
+        report.read_exact(&mut got).unwrap();
+        assert_eq!(got, [1, 1], "session leader, streams on /dev/null");
+    }
 }
