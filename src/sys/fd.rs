@@ -46,9 +46,18 @@ pub fn close_range(first: u32, last: u32) -> io::Result<()> {
     if first > last {
         return Ok(());
     }
+    // Through syscall(2) rather than the C library's wrapper, which only
+    // glibc 2.34 and later have; the kernel call exists since Linux 5.9.
     // SAFETY: close_range takes no pointers; it only closes numbers in the
     // range, which the caller has declared it no longer uses (see above).
-    let r = unsafe { libc::close_range(first, last, 0) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            last as libc::c_uint,
+            0 as libc::c_uint,
+        )
+    };
     if r != 0 {
         return Err(io::Error::last_os_error());
     }
