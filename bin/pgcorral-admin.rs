@@ -14,10 +14,12 @@
 //! with a one-line message on standard error.
 
 use std::io::{self, BufRead, IsTerminal, Read, Write};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg, Termios};
 use pgcorral::vault::{master_key, users::MAX_PASSWORD_LEN, Users, VaultError};
 
 /// Where the users file is unless `-f` says otherwise (pgagroal keeps its
@@ -234,7 +236,7 @@ fn prompt(text: &str) -> Result<String, AdminError> {
     let _ = write!(err, "{text}");
     let _ = err.flush();
     let line = {
-        let _echo = EchoOff::new(libc::STDIN_FILENO).map_err(AdminError::ReadPassword)?;
+        let _echo = EchoOff::new(io::stdin()).map_err(AdminError::ReadPassword)?;
         read_line(&mut io::stdin().lock())
     };
     // The user's Enter was not echoed either.
@@ -244,33 +246,24 @@ fn prompt(text: &str) -> Result<String, AdminError> {
 
 /// Turns terminal echo off until dropped.
 struct EchoOff {
-    fd: libc::c_int,
-    saved: libc::termios,
+    stdin: io::Stdin,
+    saved: Termios,
 }
 
 impl EchoOff {
-    fn new(fd: libc::c_int) -> io::Result<Self> {
-        let mut saved = std::mem::MaybeUninit::<libc::termios>::uninit();
-        // SAFETY: tcgetattr fills the termios it is given when it returns 0.
-        if unsafe { libc::tcgetattr(fd, saved.as_mut_ptr()) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: initialised by the successful tcgetattr above.
-        let saved = unsafe { saved.assume_init() };
-        let mut quiet = saved;
-        quiet.c_lflag &= !libc::ECHO;
-        // SAFETY: `quiet` is a valid termios for this terminal.
-        if unsafe { libc::tcsetattr(fd, libc::TCSAFLUSH, &quiet) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(EchoOff { fd, saved })
+    fn new(stdin: io::Stdin) -> io::Result<Self> {
+        let saved = tcgetattr(stdin.as_fd()).map_err(io::Error::from)?;
+        let mut quiet = saved.clone();
+        quiet.local_flags.remove(LocalFlags::ECHO);
+        tcsetattr(stdin.as_fd(), SetArg::TCSAFLUSH, &quiet).map_err(io::Error::from)?;
+        Ok(EchoOff { stdin, saved })
     }
 }
 
 impl Drop for EchoOff {
     fn drop(&mut self) {
-        // SAFETY: restores the settings read from this same terminal.
-        unsafe { libc::tcsetattr(self.fd, libc::TCSAFLUSH, &self.saved) };
+        // Nothing better to do if the terminal went away meanwhile.
+        let _ = tcsetattr(self.stdin.as_fd(), SetArg::TCSAFLUSH, &self.saved);
     }
 }
 

@@ -98,24 +98,5 @@ fn main() -> ExitCode {
 /// Detaches from the terminal: the parent exits, the child leads a new
 /// session with its standard streams on /dev/null.
 fn daemonize() -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: still single-threaded; the parent exits at once with _exit.
-    match unsafe { libc::fork() } {
-        -1 => return Err(std::io::Error::last_os_error()),
-        0 => {}
-        _ => unsafe { libc::_exit(0) },
-    }
-    // SAFETY: setsid in the child, which is not a group leader.
-    if unsafe { libc::setsid() } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let null = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")?;
-    for fd in 0..3 {
-        // SAFETY: dup2 of a descriptor we own onto the standard streams.
-        unsafe { libc::dup2(null.as_raw_fd(), fd) };
-    }
-    Ok(())
+    pgcorral::sys::process::detach()
 }

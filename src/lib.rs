@@ -15,5 +15,6 @@ pub mod segment;
 pub mod server;
 pub mod slot;
 pub mod supervisor;
+pub mod sys;
 pub mod vault;
 pub mod worker;

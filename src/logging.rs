@@ -67,9 +67,9 @@ pub fn reopen() -> Result<(), LoggingError> {
     {
         let new = open_log_file(path)?;
         let old = fd.swap(new, Ordering::SeqCst);
-        // SAFETY: `old` came from into_raw_fd and nothing else owns it; the
-        // swap above means no later write uses it.
-        unsafe { libc::close(old) };
+        // `old` came from into_raw_fd and nothing else owns it; after the
+        // swap no later write uses it. A failed close leaves nothing to do.
+        let _ = nix::unistd::close(old);
     }
     Ok(())
 }
@@ -99,14 +99,10 @@ pub fn rotate_if_due(max_size: u64, max_age: std::time::Duration) -> Option<Path
     if opened == 0 {
         OPENED_MS.store(now_ms(), Ordering::SeqCst);
     }
-    // SAFETY: fstat on our own descriptor into a zeroed struct.
-    let size = unsafe {
-        let mut st: libc::stat = std::mem::zeroed();
-        if libc::fstat(fd.load(Ordering::SeqCst), &mut st) != 0 {
-            return None;
-        }
-        st.st_size as u64
-    };
+    let size = nix::sys::stat::fstat(fd.load(Ordering::SeqCst))
+        .ok()?
+        .st_size
+        .max(0) as u64;
     let too_big = max_size > 0 && size >= max_size;
     let too_old = !max_age.is_zero()
         && opened != 0
@@ -185,11 +181,7 @@ pub fn inherited_descriptor() -> Option<i32> {
 /// writes to a descriptor number the child has reused.
 pub fn before_closing_inherited() {
     if let Some(Sink::Syslog) = LOGGER.get().map(|l| &l.sink) {
-        // SAFETY: closelog/openlog with a 'static ident; single-threaded child.
-        unsafe {
-            libc::closelog();
-            libc::openlog(c"pgcorral".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON);
-        }
+        crate::sys::syslog::reopen();
     }
 }
 
@@ -205,8 +197,7 @@ fn make_sink(log_type: LogType, log_path: Option<&Path>) -> Result<Sink, Logging
             }
         }
         LogType::Syslog => {
-            // SAFETY: the ident is a 'static C string, as openlog keeps the pointer.
-            unsafe { libc::openlog(c"pgcorral".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };
+            crate::sys::syslog::open();
             Sink::Syslog
         }
     })
@@ -243,13 +234,8 @@ fn open_log_file(path: &Path) -> Result<i32, LoggingError> {
 /// A single write(2): a short write is accepted as is, since retrying would
 /// split the line and let another process's line land in the middle.
 fn write_line(fd: i32, line: &[u8]) {
-    loop {
-        // SAFETY: the buffer is valid for its length; a bad fd only yields EBADF.
-        let written = unsafe { libc::write(fd, line.as_ptr().cast(), line.len()) };
-        if written >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            return;
-        }
-    }
+    // Nowhere to report a failure to log.
+    let _ = crate::sys::io::write_raw(fd, line);
 }
 
 fn syslog_priority(level: Level) -> libc::c_int {
@@ -294,14 +280,7 @@ impl Log for Logger {
                 // message would end it early, so it is replaced.
                 let text = record.args().to_string().replace('\0', "\u{FFFD}");
                 if let Ok(text) = CString::new(text) {
-                    // SAFETY: "%s" with one valid C string argument.
-                    unsafe {
-                        libc::syslog(
-                            syslog_priority(record.level()),
-                            c"%s".as_ptr(),
-                            text.as_ptr(),
-                        )
-                    };
+                    crate::sys::syslog::send(syslog_priority(record.level()), &text);
                 }
             }
         }

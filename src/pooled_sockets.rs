@@ -12,7 +12,11 @@
 //! inherited descriptor with a couple of `close_range` calls.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
+
+use crate::sys;
 
 /// Where the range starts. The placeholders keep the kernel from handing
 /// out these numbers, so the base need not clear anything; low keeps both
@@ -22,6 +26,10 @@ pub const POOL_FD_BASE: RawFd = 64;
 
 pub struct PooledSockets {
     base: RawFd,
+    /// `base + i` for every slot `i`: the slot's socket, or a copy of the
+    /// placeholder. Replaced in place (dup3), never closed while the table
+    /// lives, so the numbers stay ours.
+    fds: Vec<OwnedFd>,
     /// Generation of the socket held for each slot; 0 = placeholder.
     generations: Vec<u64>,
     placeholder: OwnedFd,
@@ -29,7 +37,8 @@ pub struct PooledSockets {
 
 impl PooledSockets {
     /// Fills `POOL_FD_BASE..POOL_FD_BASE + count` with placeholders. The
-    /// descriptor limit must already allow that range.
+    /// descriptor limit must already allow that range, and the numbers
+    /// must be free.
     pub fn new(count: usize) -> io::Result<Self> {
         Self::new_at(POOL_FD_BASE, count)
     }
@@ -38,15 +47,15 @@ impl PooledSockets {
     /// other tests in the same process are using.
     pub fn new_at(base: RawFd, count: usize) -> io::Result<Self> {
         let placeholder: OwnedFd = std::fs::File::open("/dev/null")?.into();
-        let table = PooledSockets {
+        let fds = (0..count)
+            .map(|slot| sys::fd::claim(placeholder.as_fd(), base + slot as RawFd))
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(PooledSockets {
             base,
+            fds,
             generations: vec![0; count],
             placeholder,
-        };
-        for slot in 0..count {
-            table.dup_into(table.placeholder.as_raw_fd(), slot)?;
-        }
-        Ok(table)
+        })
     }
 
     pub fn base(&self) -> RawFd {
@@ -66,17 +75,6 @@ impl PooledSockets {
         self.generations.is_empty()
     }
 
-    fn dup_into(&self, fd: RawFd, slot: usize) -> io::Result<()> {
-        // SAFETY: dup3 onto a descriptor number of our reserved range, which
-        // holds either a placeholder or a socket this table owns and is
-        // replacing; no other code owns numbers in the range.
-        let r = unsafe { libc::dup3(fd, self.base + slot as RawFd, libc::O_CLOEXEC) };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
     /// Generation of the socket held for `slot`, if any.
     pub fn held(&self, slot: usize) -> Option<u64> {
         self.generations.get(slot).copied().filter(|g| *g != 0)
@@ -85,9 +83,7 @@ impl PooledSockets {
     /// The socket for `slot` if it is of `generation`.
     pub fn get(&self, slot: usize, generation: u64) -> Option<BorrowedFd<'_>> {
         if generation != 0 && self.held(slot) == Some(generation) {
-            // SAFETY: the number is in our range and holds the socket of
-            // that generation for as long as `self` is borrowed.
-            Some(unsafe { BorrowedFd::borrow_raw(self.base + slot as RawFd) })
+            self.fds.get(slot).map(AsFd::as_fd)
         } else {
             None
         }
@@ -105,7 +101,7 @@ impl PooledSockets {
         if self.held(slot).is_some() {
             self.end_socket(slot, true);
         }
-        self.dup_into(fd.as_raw_fd(), slot)?;
+        sys::fd::replace(&mut self.fds[slot], fd.as_fd())?;
         self.generations[slot] = generation;
         Ok(())
     }
@@ -119,30 +115,24 @@ impl PooledSockets {
             return;
         }
         self.end_socket(slot, terminate);
-        if let Err(e) = self.dup_into(self.placeholder.as_raw_fd(), slot) {
+        if let Err(e) = sys::fd::replace(&mut self.fds[slot], self.placeholder.as_fd()) {
             log::error!("cannot reset descriptor of slot {slot}: {e}");
         }
         self.generations[slot] = 0;
     }
 
     fn end_socket(&self, slot: usize, terminate: bool) {
-        let fd = self.base + slot as RawFd;
+        let Some(fd) = self.fds.get(slot).map(AsFd::as_fd) else {
+            return;
+        };
         if terminate {
             const TERMINATE: [u8; 5] = [b'X', 0, 0, 0, 4];
-            // SAFETY: writing 5 bytes from a live array to a descriptor we
-            // own; MSG_DONTWAIT because the supervisor must never block.
-            unsafe {
-                libc::send(
-                    fd,
-                    TERMINATE.as_ptr() as *const libc::c_void,
-                    TERMINATE.len(),
-                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                )
-            };
+            // Never waits: the supervisor must not block on a server. A
+            // full socket only costs PostgreSQL the polite goodbye.
+            let _ = sys::io::send_nowait(fd, &TERMINATE);
         }
-        // SAFETY: shutdown on a descriptor we own; an error (not a socket,
-        // already shut) is harmless.
-        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        // An error (already shut down, peer gone) leaves nothing to do.
+        let _ = sys::sock::shutdown(fd);
     }
 
     /// Closes every held socket; `idle(slot)` says which may get a Terminate.
@@ -157,28 +147,16 @@ impl PooledSockets {
 /// Raises the soft descriptor limit so the reserved range fits.
 pub fn ensure_fd_limit(count: usize) -> io::Result<()> {
     let need = (POOL_FD_BASE as u64) + count as u64 + 64;
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit fills the struct we pass.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if lim.rlim_cur >= need {
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(io::Error::from)?;
+    if soft >= need {
         return Ok(());
     }
-    if lim.rlim_max < need {
+    if hard < need {
         return Err(io::Error::other(format!(
-            "the descriptor limit (RLIMIT_NOFILE hard limit {}) is below the {need} that max_connections needs",
-            lim.rlim_max
+            "the descriptor limit (RLIMIT_NOFILE hard limit {hard}) is below the {need} that max_connections needs"
         )));
     }
-    lim.rlim_cur = need;
-    // SAFETY: setrlimit with a soft limit not above the hard limit.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    setrlimit(Resource::RLIMIT_NOFILE, need, hard).map_err(io::Error::from)?;
     Ok(())
 }
 

@@ -6,7 +6,7 @@
 //! which relays to the local socket, so the supervisor never waits on a
 //! remote peer.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -84,34 +84,23 @@ fn authenticate(client: BorrowedFd<'_>, credentials: &Credentials) -> Result<Str
 
 /// Copies bytes both ways until either side closes.
 fn relay(a: BorrowedFd<'_>, b: BorrowedFd<'_>) {
+    use crate::sys::poll::{readable, wait_pair, Events, Woke};
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        let mut fds = [
-            libc::pollfd {
-                fd: a.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: b.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: polling two live descriptors through our own array.
-        if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0 {
-            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+        let ready = match wait_pair((a, Events::POLLIN), Some((b, Events::POLLIN)), None, None) {
+            Ok(Woke::Ready(ready)) => ready,
+            Ok(Woke::Interrupted | Woke::TimedOut) => continue,
+            Err(_) => return,
+        };
+        for (revents, (from, to)) in ready.into_iter().zip([(a, b), (b, a)]) {
+            if !readable(revents) {
                 continue;
             }
-            return;
-        }
-        for (i, (from, to)) in [(a, b), (b, a)].into_iter().enumerate() {
-            if fds[i].revents == 0 {
-                continue;
-            }
-            let n = match std::io::Read::read(&mut io::FdIo(from), &mut buf) {
-                Ok(0) | Err(_) => return,
+            let n = match crate::sys::io::read(from, &mut buf) {
+                Ok(0) => return,
                 Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
             };
             if io::write_all(to, &buf[..n]).is_err() {
                 return;

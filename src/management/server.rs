@@ -186,8 +186,7 @@ impl Connection {
             }
             return self.queue(&msg);
         }
-        let raw = fd.map(|f| std::os::fd::AsRawFd::as_raw_fd(&f));
-        let n = transfer::send_once(self.stream.as_fd(), &msg, raw)?;
+        let n = transfer::send_once(self.stream.as_fd(), &msg, fd)?;
         if n < msg.len() {
             // The descriptor went with the first byte; the rest waits.
             self.queue(&msg[n..])?;

@@ -31,8 +31,7 @@ impl Supervisor {
                     continue;
                 }
             };
-            // SAFETY: geteuid has no preconditions.
-            let me = unsafe { libc::geteuid() };
+            let me = nix::unistd::geteuid().as_raw();
             if conn.peer_uid != me {
                 log::warn!(
                     "management connection from uid {} (pid {}) refused: only uid {me} may manage",

@@ -30,10 +30,8 @@ impl Signals {
             set.add(s);
         }
         set.thread_block()?;
-        // SAFETY: SIG_IGN for SIGPIPE installs no handler code.
-        unsafe {
-            nix::sys::signal::signal(Signal::SIGPIPE, nix::sys::signal::SigHandler::SigIgn)?;
-        }
+        crate::sys::signal::ignore(Signal::SIGPIPE)
+            .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EINVAL)))?;
         let fd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
         Ok(Signals { fd })
     }

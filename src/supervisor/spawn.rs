@@ -8,6 +8,7 @@
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use crate::pooled_sockets::PooledSockets;
+use crate::sys;
 use crate::worker::{self, Context, Peer};
 
 pub enum Forked {
@@ -16,33 +17,24 @@ pub enum Forked {
 
 /// Forks; in the child, serves the client and exits (never returns).
 pub fn spawn_worker(ctx: &Context<'_>, client: OwnedFd, peer: &Peer) -> std::io::Result<Forked> {
-    // SAFETY: the supervisor is single-threaded, so the child is a complete
-    // copy with no lock held by a vanished thread. The child never returns
-    // into the supervisor's code: it leaves through _exit, so no destructor
-    // of a supervisor object runs against descriptors it closed.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    if pid > 0 {
-        drop(client);
-        return Ok(Forked::Parent(pid));
-    }
-    crate::logging::before_closing_inherited();
-    close_inherited(
-        client.as_raw_fd(),
-        crate::logging::inherited_descriptor(),
-        ctx.sockets,
-    );
-    let status = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        worker::run(ctx, client, peer)
-    }))
-    .unwrap_or_else(|_| {
-        log::error!("{peer}: worker panicked");
-        2
-    });
-    // SAFETY: ends the child without unwinding into the supervisor's frames.
-    unsafe { libc::_exit(status) }
+    // The parent drops the closure unused, and with it its copy of the
+    // client socket.
+    let pid = sys::process::fork_child(move || {
+        crate::logging::before_closing_inherited();
+        close_inherited(
+            client.as_raw_fd(),
+            crate::logging::inherited_descriptor(),
+            ctx.sockets,
+        );
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            worker::run(ctx, client, peer)
+        }))
+        .unwrap_or_else(|_| {
+            log::error!("{peer}: worker panicked");
+            2
+        })
+    })?;
+    Ok(Forked::Parent(pid))
 }
 
 /// Closes everything from fd 3 up but the client, the log file and the
@@ -50,16 +42,9 @@ pub fn spawn_worker(ctx: &Context<'_>, client: OwnedFd, peer: &Peer) -> std::io:
 fn close_inherited(client: RawFd, log: Option<RawFd>, sockets: &PooledSockets) {
     let log = log.unwrap_or(client);
     for (lo, hi) in ranges_to_close([client, log], sockets.base(), sockets.end()) {
-        // SAFETY: close_range on numbers this process is done with; the
-        // pooled range and the client are excluded.
-        unsafe {
-            libc::syscall(
-                libc::SYS_close_range,
-                lo as libc::c_uint,
-                hi as libc::c_uint,
-                0u32,
-            )
-        };
+        // Only fails for an inverted range, which ranges_to_close never
+        // yields; a descriptor left open costs nothing but a slot.
+        let _ = sys::fd::close_range(lo, hi);
     }
 }
 
@@ -88,41 +73,31 @@ pub fn ranges_to_close(keep: [RawFd; 2], pool_lo: RawFd, pool_hi: RawFd) -> Vec<
 /// Forks a helper that serves one remote administrator (see
 /// `management::remote`); the parent gets its pid.
 pub fn spawn_admin(ctx: &Context<'_>, client: OwnedFd, peer: &str) -> std::io::Result<i32> {
-    // SAFETY: as in `spawn_worker`: single-threaded parent, and the child
-    // leaves through _exit without returning into supervisor code.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    if pid > 0 {
-        drop(client);
-        return Ok(pid);
-    }
-    crate::logging::before_closing_inherited();
-    close_inherited(
-        client.as_raw_fd(),
-        crate::logging::inherited_descriptor(),
-        ctx.sockets,
-    );
-    crate::worker::signals::install(client.as_raw_fd());
-    crate::process_title::set(&format!("pgcorral: management {peer}"));
-    let timeout = ctx
-        .config
-        .main
-        .authentication_timeout
-        .max(std::time::Duration::from_secs(1));
-    let status = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        crate::management::remote::serve(
-            client,
-            peer,
-            ctx.credentials,
-            ctx.management_path,
-            timeout,
-        )
-    }))
-    .unwrap_or(2);
-    // SAFETY: ends the child without unwinding into the supervisor's frames.
-    unsafe { libc::_exit(status) }
+    sys::process::fork_child(move || {
+        crate::logging::before_closing_inherited();
+        close_inherited(
+            client.as_raw_fd(),
+            crate::logging::inherited_descriptor(),
+            ctx.sockets,
+        );
+        crate::worker::signals::install(client.as_raw_fd());
+        crate::process_title::set(&format!("pgcorral: management {peer}"));
+        let timeout = ctx
+            .config
+            .main
+            .authentication_timeout
+            .max(std::time::Duration::from_secs(1));
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            crate::management::remote::serve(
+                client,
+                peer,
+                ctx.credentials,
+                ctx.management_path,
+                timeout,
+            )
+        }))
+        .unwrap_or(2)
+    })
 }
 
 #[cfg(test)]

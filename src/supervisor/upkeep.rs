@@ -16,9 +16,10 @@ use std::io;
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
+use nix::sys::prctl::set_pdeathsig;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::Pid;
+use nix::unistd::{getppid, Pid};
 
 use super::prefill::{self, Prefill};
 use super::spawn::ranges_to_close;
@@ -29,6 +30,7 @@ use crate::pool;
 use crate::pooled_sockets::PooledSockets;
 use crate::segment::Segment;
 use crate::slot::{SlotState, NO_OWNER};
+use crate::sys;
 
 /// How long workers get to say goodbye to their clients at shutdown.
 const WORKER_GRACE: Duration = Duration::from_secs(3);
@@ -471,59 +473,35 @@ fn fork_helper(
     keep_pool: bool,
     body: impl FnOnce() -> i32,
 ) -> io::Result<i32> {
-    let parent = std::process::id() as i32;
-    // SAFETY: the supervisor is single-threaded, so the child is a complete
-    // copy with no lock held by a vanished thread. The child never returns
-    // into the supervisor's code: it leaves through _exit, so no destructor
-    // of a supervisor object runs against descriptors it closed.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if pid > 0 {
-        return Ok(pid);
-    }
-    // SAFETY: prctl(PR_SET_PDEATHSIG) with a valid signal; getppid has no
-    // preconditions. If the supervisor died before the prctl took effect,
-    // the parent is no longer it and the helper leaves at once.
-    unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-        if libc::getppid() != parent {
-            libc::_exit(1);
+    let parent = Pid::this();
+    sys::process::fork_child(move || {
+        // If the supervisor died before the request took effect, the parent
+        // is no longer it and the helper leaves at once.
+        if set_pdeathsig(Signal::SIGKILL).is_err() || getppid() != parent {
+            return 1;
         }
-    }
-    crate::logging::before_closing_inherited();
-    let log = crate::logging::inherited_descriptor().unwrap_or(2);
-    let (lo, hi): (RawFd, RawFd) = if keep_pool {
-        (sockets.base(), sockets.end())
-    } else {
-        (sockets.base(), sockets.base())
-    };
-    for (a, b) in ranges_to_close([log, log], lo, hi) {
-        // SAFETY: close_range on numbers this process is done with; the log
-        // file and (when kept) the pooled range are excluded.
-        unsafe {
-            libc::syscall(
-                libc::SYS_close_range,
-                a as libc::c_uint,
-                b as libc::c_uint,
-                0u32,
-            )
+        crate::logging::before_closing_inherited();
+        let log = crate::logging::inherited_descriptor().unwrap_or(2);
+        let (lo, hi): (RawFd, RawFd) = if keep_pool {
+            (sockets.base(), sockets.end())
+        } else {
+            (sockets.base(), sockets.base())
         };
-    }
-    // The supervisor blocks these for its signalfd; a helper dies of them
-    // like any process, and the supervisor reclaims what it held.
-    let mut set = nix::sys::signal::SigSet::empty();
-    set.add(Signal::SIGTERM);
-    set.add(Signal::SIGINT);
-    let _ = set.thread_unblock();
-    let status =
+        for (a, b) in ranges_to_close([log, log], lo, hi) {
+            // Only fails for an inverted range, which is never asked for.
+            let _ = sys::fd::close_range(a, b);
+        }
+        // The supervisor blocks these for its signalfd; a helper dies of
+        // them like any process, and the supervisor reclaims what it held.
+        let mut set = nix::sys::signal::SigSet::empty();
+        set.add(Signal::SIGTERM);
+        set.add(Signal::SIGINT);
+        let _ = set.thread_unblock();
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).unwrap_or_else(|_| {
             log::error!("upkeep helper panicked");
             2
-        });
-    // SAFETY: ends the child without unwinding into the supervisor's frames.
-    unsafe { libc::_exit(status) }
+        })
+    })
 }
 
 #[cfg(test)]

@@ -39,9 +39,9 @@ struct Entry {
 
 impl Drop for Entry {
     fn drop(&mut self) {
-        // SAFETY: zero bytes are valid UTF-8, and the String is dropped
-        // right after.
-        wipe(unsafe { self.password.as_bytes_mut() });
+        // into_bytes hands over the same allocation, so the wipe reaches
+        // the bytes the password occupied.
+        wipe(&mut std::mem::take(&mut self.password).into_bytes());
     }
 }
 
