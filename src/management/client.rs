@@ -70,7 +70,7 @@ impl ManagementClient {
 
     /// Bounds every later read and write (`None`: wait for ever).
     pub fn set_timeout(&self, timeout: Option<std::time::Duration>) -> std::io::Result<()> {
-        crate::worker::io::set_timeouts(self.sock.as_fd(), timeout)
+        crate::fdio::set_timeouts(self.sock.as_fd(), timeout)
     }
 
     /// Speaks the management protocol over an already connected stream

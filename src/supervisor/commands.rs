@@ -17,10 +17,10 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::{listeners, Mode, Supervisor, TCP_FIRST, UNIX};
+use crate::disabled::DisabledSet;
 use crate::management::command::{
     encode_reply, AdminCommand, CommandRequest, Database, FlushMode, Format, ShutdownMode,
 };
-use crate::management::disabled::DisabledSet;
 use crate::management::json::Value;
 use crate::pool;
 use crate::slot::{Slot, SlotState, NO_OWNER};

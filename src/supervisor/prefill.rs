@@ -12,14 +12,14 @@ use std::os::fd::AsFd;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::auth::AuthProof;
 use crate::config::Config;
+use crate::credentials::Credentials;
 use crate::management::client::ManagementClient;
 use crate::management::ManagementError;
 use crate::pool::{self, Want};
 use crate::segment::Segment;
 use crate::slot::SlotState;
-use crate::worker::auth_proof::AuthProof;
-use crate::worker::client_auth::Credentials;
 use crate::worker::server_connect::{self, Login, ServerError};
 
 /// Helper exit statuses.

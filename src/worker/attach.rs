@@ -6,11 +6,11 @@ use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-use super::auth_proof::AuthProof;
-use super::io::{self, FdIo};
 use super::server_connect::{self, Login};
 use super::{Context, WorkerError};
+use crate::auth::AuthProof;
 use crate::config::Validation;
+use crate::fdio::{self as io, FdIo};
 use crate::management::client::ManagementClient;
 use crate::management::ManagementError;
 use crate::pipeline::params::{self, Params};

@@ -2,11 +2,7 @@
 //! start-up, a slot, the pipeline, and the slot back (or thrown away).
 
 pub mod attach;
-pub mod auth_proof;
 pub mod cancel;
-pub mod client_auth;
-pub mod client_startup;
-pub mod io;
 pub mod server_connect;
 pub mod signals;
 pub mod transaction;
@@ -15,8 +11,14 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::auth::client as client_auth;
+use crate::auth::startup as client_startup;
+use crate::auth::startup::ClientStart;
+use crate::auth::{Admission, AuthError, AuthProof};
 use crate::config::Config;
 use crate::config::PipelineKind;
+use crate::credentials::Credentials;
+use crate::fdio as io;
 use crate::management::ManagementError;
 use crate::pipeline;
 use crate::pipeline::params::Params;
@@ -30,9 +32,6 @@ use crate::pooled_sockets::PooledSockets;
 use crate::protocol::{self, sqlstate, ErrorResponse, ProtocolError};
 use crate::segment::Segment;
 use attach::Sockets;
-use auth_proof::AuthProof;
-use client_auth::{Admission, AuthError, Credentials};
-use client_startup::ClientStart;
 use server_connect::{Login, ServerError};
 use transaction::WorkerAttach;
 
@@ -82,6 +81,8 @@ pub enum WorkerError {
     StartupTooLarge(usize),
     #[error("setting session parameters on the server: {0}")]
     ParameterSync(String),
+    #[error("cancel key: {0}")]
+    Random(#[from] crate::random::RandomError),
 }
 
 impl WorkerError {
@@ -113,9 +114,9 @@ impl WorkerError {
             ),
             WorkerError::Server(_) => fatal(sqlstate::CONNECTION_FAILURE, self.to_string()),
             WorkerError::ParameterSync(_) => fatal(sqlstate::CONNECTION_FAILURE, self.to_string()),
-            WorkerError::Management(_) | WorkerError::StartupTooLarge(_) => {
-                fatal(sqlstate::INTERNAL_ERROR, self.to_string())
-            }
+            WorkerError::Management(_)
+            | WorkerError::StartupTooLarge(_)
+            | WorkerError::Random(_) => fatal(sqlstate::INTERNAL_ERROR, self.to_string()),
         })
     }
 }
@@ -185,7 +186,7 @@ fn serve(ctx: &Context<'_>, client: BorrowedFd<'_>, peer: &Peer) -> Result<(), W
     if crate::management::disabled::refuse(ctx.segment, client, &database) {
         return Ok(());
     }
-    let admission = match client_auth::admit(ctx.credentials, client, peer, &user, &database) {
+    let admission = match client_auth::admit(ctx.credentials, client, peer.addr, &user, &database) {
         Ok(a) => a,
         Err(AuthError::Client(ProtocolError::Io(e)))
             if e.kind() == std::io::ErrorKind::WouldBlock =>
@@ -272,7 +273,14 @@ fn serve(ctx: &Context<'_>, client: BorrowedFd<'_>, peer: &Peer) -> Result<(), W
         }
     );
 
-    let secret = cancel::new_secret();
+    let secret = match cancel::new_secret() {
+        Ok(s) => s,
+        Err(e) => {
+            // Nothing was sent on the connection: it is clean.
+            pool::release(ctx.segment, slot_index, me);
+            return Err(e.into());
+        }
+    };
     slot.set_client_key(secret);
     out.clear();
     protocol::authentication_ok(&mut out);

@@ -9,11 +9,11 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use super::auth_proof::AuthProof;
-use super::io::{set_nodelay, set_timeouts, write_all, FdIo};
 use crate::auth::md5;
 use crate::auth::scram::{self, ScramClient, ScramError};
+use crate::auth::AuthProof;
 use crate::config::ServerConfig;
+use crate::fdio::{set_nodelay, set_timeouts, write_all, FdIo};
 use crate::protocol::frontend;
 use crate::protocol::tag::backend;
 use crate::protocol::tag::frontend as frontend_tag;

@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use super::attach::{self, Sockets};
 use super::server_connect::Login;
-use super::{client_auth::Admission, Context, WorkerError};
+use super::{Context, WorkerError};
+use crate::auth::Admission;
 use crate::pipeline::params::{self, Params};
 use crate::pipeline::prepared::{self, ServerStatements};
 use crate::pipeline::transaction::Attach;

@@ -3,60 +3,27 @@
 //! server decides (pass-through), with a pooled connection handed to a later
 //! client only once it proved what the first one proved.
 
-use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::os::fd::BorrowedFd;
 
-use super::auth_proof::AuthProof;
-use super::io::{write_all, FdIo};
-use super::Peer;
-use crate::auth::hba::{ConnKind, Hba, Method};
-use crate::auth::scram::{self, ScramServer, ScramVerifier};
-use crate::auth::{constant_time_eq, md5, password_failed_message};
+use super::hba::{ConnKind, Method};
+use super::proof::AuthProof;
+use super::scram::{self, ScramServer, ScramVerifier};
+use super::{constant_time_eq, md5, password_failed_message};
+use zeroize::Zeroizing;
+
+use crate::credentials::Credentials;
+use crate::fdio::{write_all, FdIo};
 use crate::protocol::tag::frontend as frontend_tag;
 use crate::protocol::{self, sqlstate, AuthRequest, ErrorResponse, ProtocolError};
-
-/// Loaded by the supervisor before it forks, so workers inherit it.
-#[derive(Debug, Default, Clone)]
-pub struct Credentials {
-    pub hba: Option<Hba>,
-    /// Vault: passwords pgcorral uses towards PostgreSQL.
-    pub server_passwords: HashMap<String, String>,
-    /// Frontend vault: passwords clients give pgcorral, when different.
-    pub client_passwords: HashMap<String, String>,
-    /// SCRAM verifiers of the passwords clients give, made once at load:
-    /// deriving one costs thousands of PBKDF2 rounds.
-    pub client_verifiers: HashMap<String, ScramVerifier>,
-    /// Remote management: administrators' verifiers (admins_file).
-    pub admin_verifiers: HashMap<String, ScramVerifier>,
-}
-
-impl Credentials {
-    /// The password a vault user gives pgcorral.
-    pub fn client_password<'a>(&'a self, user: &str) -> Option<&'a String> {
-        self.client_passwords
-            .get(user)
-            .or_else(|| self.server_passwords.get(user))
-    }
-
-    /// Builds the verifiers for every vault user.
-    pub fn with_verifiers(mut self) -> Result<Self, crate::auth::ScramError> {
-        let mut verifiers = HashMap::new();
-        for user in self.server_passwords.keys() {
-            if let Some(pw) = self.client_password(user) {
-                verifiers.insert(user.clone(), ScramVerifier::generate(pw.as_bytes())?);
-            }
-        }
-        self.client_verifiers = verifiers;
-        Ok(self)
-    }
-}
+use crate::random::{self, RandomError};
 
 /// The outcome of admission.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admission {
     /// A vault user whose password pgcorral checked (or whom hba trusts):
     /// pgcorral logs in to PostgreSQL with the vault password.
-    Vault { server_password: String },
+    Vault { server_password: Zeroizing<String> },
     /// Not in the vault: PostgreSQL decides. `trusted` when hba says trust,
     /// which lets the client use a pooled connection without a password.
     PassThrough { trusted: bool },
@@ -72,6 +39,8 @@ pub enum AuthError {
     Client(#[from] ProtocolError),
     #[error("authentication: {0}")]
     Internal(String),
+    #[error("authentication: {0}")]
+    Random(#[from] RandomError),
 }
 
 impl AuthError {
@@ -86,6 +55,7 @@ impl AuthError {
             AuthError::Client(ProtocolError::Eof | ProtocolError::Io(_)) => return None,
             AuthError::Client(e) => ErrorResponse::fatal(e.sqlstate(), e.to_string()),
             AuthError::Internal(m) => ErrorResponse::fatal(sqlstate::INTERNAL_ERROR, m.clone()),
+            AuthError::Random(e) => ErrorResponse::fatal(sqlstate::INTERNAL_ERROR, e.to_string()),
         })
     }
 }
@@ -96,14 +66,14 @@ const MAX_ANSWER: usize = 16 * 1024;
 pub fn admit(
     creds: &Credentials,
     client: BorrowedFd<'_>,
-    peer: &Peer,
+    peer: Option<SocketAddr>,
     user: &str,
     database: &str,
 ) -> Result<Admission, AuthError> {
     let method = match &creds.hba {
         None => Method::All,
         Some(hba) => {
-            let conn = match peer.addr {
+            let conn = match peer {
                 Some(a) => ConnKind::Host {
                     addr: a.ip(),
                     ssl: false,
@@ -111,7 +81,6 @@ pub fn admit(
                 None => ConnKind::Local,
             };
             let host = peer
-                .addr
                 .map(|a| format!("host \"{}\"", a.ip()))
                 .unwrap_or_else(|| "local connection".to_string());
             let rule = hba.find(conn, database, user).ok_or_else(|| {
@@ -229,8 +198,7 @@ fn check_cleartext(client: BorrowedFd<'_>, user: &str, expected: &str) -> Result
 }
 
 fn check_md5(client: BorrowedFd<'_>, user: &str, expected: &str) -> Result<(), AuthError> {
-    let mut salt = [0u8; 4];
-    openssl::rand::rand_bytes(&mut salt).map_err(|e| AuthError::Internal(e.to_string()))?;
+    let salt = random::bytes()?;
     send_request(client, &AuthRequest::Md5Password { salt })?;
     let answer = read_answer(client)?;
     let given = answer.strip_suffix(&[0]).unwrap_or(&answer);

@@ -1,5 +1,6 @@
-//! Blocking and non-blocking helpers over raw socket descriptors, so the
-//! worker treats TCP and Unix-domain clients alike.
+//! Blocking and non-blocking helpers over raw socket descriptors, so that
+//! workers, start-up and authentication treat TCP and Unix-domain sockets
+//! alike.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
