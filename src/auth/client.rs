@@ -12,7 +12,7 @@ use super::scram::{self, ScramServer, ScramVerifier};
 use super::{constant_time_eq, md5, password_failed_message};
 use zeroize::Zeroizing;
 
-use crate::credentials::Credentials;
+use super::credentials::Credentials;
 use crate::fdio::{write_all, FdIo};
 use crate::protocol::tag::frontend as frontend_tag;
 use crate::protocol::{self, sqlstate, AuthRequest, ErrorResponse, ProtocolError};

@@ -9,6 +9,7 @@
 //! they fit together).
 
 pub mod client;
+pub mod credentials;
 pub mod hba;
 pub mod md5;
 pub mod proof;
@@ -16,6 +17,7 @@ pub mod scram;
 pub mod startup;
 
 pub use client::{Admission, AuthError};
+pub use credentials::Credentials;
 pub use hba::{ConnKind, Hba, HbaError, HbaRule, Method};
 pub use proof::AuthProof;
 pub use scram::{ClientKey, ScramClient, ScramError, ScramServer, ScramVerifier};

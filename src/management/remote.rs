@@ -15,8 +15,8 @@ use zeroize::Zeroizing;
 
 use crate::auth::client::{check_scram, AuthError};
 use crate::auth::startup::{self as client_startup, ClientStart};
+use crate::auth::Credentials;
 use crate::auth::ScramVerifier;
-use crate::credentials::Credentials;
 use crate::fdio as io;
 use crate::protocol;
 use crate::random;

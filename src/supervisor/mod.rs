@@ -24,8 +24,8 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::Signal;
 
+use crate::auth::Credentials;
 use crate::config::Config;
-use crate::credentials::Credentials;
 use crate::management;
 use crate::management::server::Connection;
 use crate::pooled_sockets::{self, PooledSockets};

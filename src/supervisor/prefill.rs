@@ -13,8 +13,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::auth::AuthProof;
+use crate::auth::Credentials;
 use crate::config::Config;
-use crate::credentials::Credentials;
 use crate::management::client::ManagementClient;
 use crate::management::ManagementError;
 use crate::pool::{self, Want};
