@@ -16,6 +16,7 @@ use pgcorral::management::client::ManagementClient;
 use pgcorral::management::command::{AdminCommand, CommandRequest, Format};
 use pgcorral::management::reply::Envelope;
 use pgcorral::management::{self, ManagementError};
+use zeroize::Zeroizing;
 
 const DEFAULT_CONFIG: &str = "/etc/pgcorral/pgcorral.toml";
 const DEFAULT_SOCKET_DIR: &str = "/tmp";
@@ -242,9 +243,9 @@ fn main() -> ExitCode {
         // The password comes from PGCORRAL_PASSWORD or the first line of
         // standard input, so that it never appears in a process list.
         let password = match std::env::var("PGCORRAL_PASSWORD") {
-            Ok(p) => p,
+            Ok(p) => Zeroizing::new(p),
             Err(_) => {
-                let mut line = String::new();
+                let mut line = Zeroizing::new(String::new());
                 if std::io::stdin().read_line(&mut line).is_err() {
                     return fail(
                         format,
@@ -253,7 +254,7 @@ fn main() -> ExitCode {
                         EXIT_USAGE,
                     );
                 }
-                line.trim_end_matches(['\n', '\r']).to_string()
+                Zeroizing::new(line.trim_end_matches(['\n', '\r']).to_string())
             }
         };
         let client = match management::remote::login(host, port, user, &password, timeout) {

@@ -176,14 +176,16 @@ fn send_request(client: BorrowedFd<'_>, request: &AuthRequest) -> Result<(), Aut
     write_all(client, &out).map_err(|e| AuthError::Client(e.into()))
 }
 
-fn read_answer(client: BorrowedFd<'_>) -> Result<Vec<u8>, AuthError> {
+/// A password message's body: a password, an md5 response or a SASL
+/// message, wiped when dropped.
+fn read_answer(client: BorrowedFd<'_>) -> Result<Zeroizing<Vec<u8>>, AuthError> {
     let msg = protocol::read_message(&mut FdIo(client), MAX_ANSWER)?;
     if msg.tag != frontend_tag::PASSWORD {
         return Err(AuthError::Client(ProtocolError::Malformed {
             what: "authentication: expected a password message",
         }));
     }
-    Ok(msg.body)
+    Ok(Zeroizing::new(msg.body))
 }
 
 fn check_cleartext(client: BorrowedFd<'_>, user: &str, expected: &str) -> Result<(), AuthError> {
