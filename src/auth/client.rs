@@ -41,6 +41,10 @@ pub enum AuthError {
     Internal(String),
     #[error("authentication: {0}")]
     Random(#[from] RandomError),
+    #[error("authentication: {0}")]
+    Scram(#[from] scram::ScramError),
+    #[error("authentication: {0}")]
+    Md5(#[from] md5::Md5Error),
 }
 
 impl AuthError {
@@ -55,7 +59,9 @@ impl AuthError {
             AuthError::Client(ProtocolError::Eof | ProtocolError::Io(_)) => return None,
             AuthError::Client(e) => ErrorResponse::fatal(e.sqlstate(), e.to_string()),
             AuthError::Internal(m) => ErrorResponse::fatal(sqlstate::INTERNAL_ERROR, m.clone()),
-            AuthError::Random(e) => ErrorResponse::fatal(sqlstate::INTERNAL_ERROR, e.to_string()),
+            AuthError::Random(_) | AuthError::Scram(_) | AuthError::Md5(_) => {
+                ErrorResponse::fatal(sqlstate::INTERNAL_ERROR, self.to_string())
+            }
         })
     }
 }
@@ -117,8 +123,7 @@ pub fn admit(
         Method::ScramSha256 | Method::All => {
             let verifier = match creds.client_verifiers.get(user) {
                 Some(v) => v.clone(),
-                None => ScramVerifier::generate(expected.as_bytes())
-                    .map_err(|e| AuthError::Internal(e.to_string()))?,
+                None => ScramVerifier::generate(expected.as_bytes())?,
             };
             check_scram(client, user, &verifier)?
         }
@@ -204,8 +209,7 @@ fn check_md5(client: BorrowedFd<'_>, user: &str, expected: &str) -> Result<(), A
     send_request(client, &AuthRequest::Md5Password { salt })?;
     let answer = read_answer(client)?;
     let given = answer.strip_suffix(&[0]).unwrap_or(&answer);
-    let want = md5::md5_response(expected.as_bytes(), user, &salt)
-        .map_err(|e| AuthError::Internal(e.to_string()))?;
+    let want = md5::md5_response(expected.as_bytes(), user, &salt)?;
     if md5::responses_match(want.as_bytes(), given) {
         Ok(())
     } else {

@@ -73,8 +73,7 @@ fn authenticate(client: BorrowedFd<'_>, credentials: &Credentials) -> Result<Str
         Some(v) => v.clone(),
         None => {
             let secret = Zeroizing::new(random::bytes::<32>()?);
-            ScramVerifier::generate(secret.as_slice())
-                .map_err(|e| AuthError::Internal(e.to_string()))?
+            ScramVerifier::generate(secret.as_slice())?
         }
     };
     check_scram(client, &user, &verifier)?;
