@@ -33,6 +33,12 @@ pub fn nonzero_i32() -> Result<i32, RandomError> {
     nonzero_i32_from(openssl::rand::rand_bytes)
 }
 
+/// A failure as the source would report it, for callers' tests.
+#[cfg(test)]
+pub(crate) fn failure() -> RandomError {
+    RandomError(openssl::error::ErrorStack::get())
+}
+
 fn fill_from(
     buf: &mut [u8],
     source: impl FnOnce(&mut [u8]) -> Result<(), openssl::error::ErrorStack>,

@@ -246,3 +246,21 @@ pub fn check_scram(
         .map_err(|_| AuthError::BadPassword(user.to_string()))?;
     send_request(client, &AuthRequest::SaslFinal(server_final))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_random_numbers_ends_the_client_with_an_internal_error() {
+        let e = AuthError::from(random::failure());
+        let resp = e.response().unwrap();
+        assert_eq!(resp.code, sqlstate::INTERNAL_ERROR);
+        assert!(
+            resp.message.contains("no random numbers available"),
+            "{}",
+            resp.message
+        );
+        assert!(std::error::Error::source(&e).is_some());
+    }
+}

@@ -337,3 +337,18 @@ impl Drop for Supervisor {
 fn random_key() -> Result<[u64; 2], RandomError> {
     Ok([random::u64()?, random::u64()?])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_statement_key_is_random_or_start_up_fails() {
+        let (a, b) = (random_key().unwrap(), random_key().unwrap());
+        assert_ne!(a, b);
+        let e = SupervisorError::from(random::failure());
+        assert!(e
+            .to_string()
+            .starts_with("statement-name key: no random numbers available"));
+    }
+}
