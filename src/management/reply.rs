@@ -74,7 +74,8 @@ pub fn hms(seconds: u64) -> String {
     )
 }
 
-fn database_text(db: &Option<String>) -> String {
+/// `database "NAME"`, or `all databases`.
+pub fn database_text(db: &Option<String>) -> String {
     match db {
         Some(d) => format!("database \"{d}\""),
         None => "all databases".to_string(),

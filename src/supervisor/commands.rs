@@ -21,8 +21,8 @@ use crate::management::command::{
     encode_reply, AdminCommand, CommandRequest, Database, FlushMode, Format, ShutdownMode,
 };
 use crate::management::reply::{
-    ClearServer, Connections, Disabled, Enabled, Envelope, Flush, LimitStatus, Ping, Reply,
-    ServerStatus, Shutdown, SlotStatus, Status, SwitchTo,
+    database_text, ClearServer, Connections, Disabled, Enabled, Envelope, Flush, LimitStatus, Ping,
+    Reply, ServerStatus, Shutdown, SlotStatus, Status, SwitchTo,
 };
 use crate::pool;
 use crate::slot::{Slot, SlotState, NO_OWNER};
@@ -64,13 +64,6 @@ impl Admin {
 
 /// A command's result, printed as text or JSON from the one value.
 pub(super) type Done = Box<dyn Reply>;
-
-fn database_text(db: &Database) -> String {
-    match db {
-        Some(d) => format!("database \"{d}\""),
-        None => "all databases".to_string(),
-    }
-}
 
 /// The database part of a slot's identity, cut like the slot cuts it.
 fn slot_database(slot: &Slot) -> String {
