@@ -177,6 +177,9 @@ impl Connections {
     }
 }
 
+// Written by hand rather than derived: the keys are the slot states' own
+// names (`SlotState::name`), in the state machine's order, so there is no
+// second list of them to keep in step.
 impl Serialize for Connections {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut map = s.serialize_map(Some(1 + self.by_state.len()))?;
