@@ -14,8 +14,9 @@ use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 use pgcorral::config::Config;
 use pgcorral::management::client::ManagementClient;
 use pgcorral::management::command::{AdminCommand, CommandRequest, Format};
-use pgcorral::management::json::Value;
+use pgcorral::management::reply::Envelope;
 use pgcorral::management::{self, ManagementError};
+use zeroize::Zeroizing;
 
 const DEFAULT_CONFIG: &str = "/etc/pgcorral/pgcorral.toml";
 const DEFAULT_SOCKET_DIR: &str = "/tmp";
@@ -203,43 +204,18 @@ fn fail(format: Format, command: &str, reason: &str, status: u8) -> ExitCode {
     let line = reason.lines().next().unwrap_or("").trim();
     eprintln!("pgcorral-cli: {line}");
     if format == Format::Json {
-        println!(
-            "{}",
-            Value::object()
-                .with("command", command)
-                .with("ok", false)
-                .with("error", line)
-                .to_json()
-        );
+        match Envelope::failure(command, line).to_json() {
+            Ok(json) => println!("{json}"),
+            Err(e) => eprintln!("pgcorral-cli: cannot encode the failure: {e}"),
+        }
     }
     ExitCode::from(status)
 }
 
-/// The `"error"` string of a JSON envelope (simple escapes undone).
+/// The `"error"` string of a JSON envelope, on one line.
 fn json_error(json: &str) -> Option<String> {
-    let start = json.find("\"error\":\"")? + "\"error\":\"".len();
-    let mut out = String::new();
-    let mut chars = json[start..].chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' => return Some(out),
-            '\\' => match chars.next()? {
-                'n' => out.push(' '),
-                'u' => {
-                    let code: String = chars.by_ref().take(4).collect();
-                    out.push(
-                        u32::from_str_radix(&code, 16)
-                            .ok()
-                            .and_then(char::from_u32)
-                            .unwrap_or('?'),
-                    );
-                }
-                other => out.push(other),
-            },
-            c => out.push(c),
-        }
-    }
-    None
+    let envelope: Envelope = serde_json::from_str(json.trim_end()).ok()?;
+    envelope.error.map(|e| e.replace(['\n', '\r'], " "))
 }
 
 fn main() -> ExitCode {
@@ -267,9 +243,9 @@ fn main() -> ExitCode {
         // The password comes from PGCORRAL_PASSWORD or the first line of
         // standard input, so that it never appears in a process list.
         let password = match std::env::var("PGCORRAL_PASSWORD") {
-            Ok(p) => p,
+            Ok(p) => Zeroizing::new(p),
             Err(_) => {
-                let mut line = String::new();
+                let mut line = Zeroizing::new(String::new());
                 if std::io::stdin().read_line(&mut line).is_err() {
                     return fail(
                         format,
@@ -278,7 +254,7 @@ fn main() -> ExitCode {
                         EXIT_USAGE,
                     );
                 }
-                line.trim_end_matches(['\n', '\r']).to_string()
+                Zeroizing::new(line.trim_end_matches(['\n', '\r']).to_string())
             }
         };
         let client = match management::remote::login(host, port, user, &password, timeout) {

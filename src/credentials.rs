@@ -1,16 +1,19 @@
 //! Loading what authentication needs at start-up, before the first fork:
 //! the hba rules and the decrypted vault passwords, which every worker then
 //! inherits. A problem with any file stops start-up with a message naming it.
+//! Passwords are kept in memory that is wiped when it is dropped.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use zeroize::Zeroizing;
+
 use crate::auth::hba::{Hba, HbaError};
+use crate::auth::{Credentials, ScramVerifier};
 use crate::config::MainConfig;
 use crate::vault::master_key;
 use crate::vault::users::Users;
 use crate::vault::VaultError;
-use crate::worker::client_auth::Credentials;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialsError {
@@ -29,12 +32,11 @@ pub fn load(main: &MainConfig) -> Result<Credentials, CredentialsError> {
     let client_passwords = load_users(main, main.frontend_users_file.as_ref())?;
     let mut admin_verifiers = std::collections::HashMap::new();
     for (user, password) in load_users(main, main.admins_file.as_ref())? {
-        let v = crate::auth::ScramVerifier::generate(password.as_bytes()).map_err(|e| {
-            CredentialsError::Vault {
+        let v =
+            ScramVerifier::generate(password.as_bytes()).map_err(|e| CredentialsError::Vault {
                 path: main.admins_file.clone().unwrap_or_default(),
                 message: e.to_string(),
-            }
-        })?;
+            })?;
         admin_verifiers.insert(user, v);
     }
     Credentials {
@@ -54,7 +56,7 @@ pub fn load(main: &MainConfig) -> Result<Credentials, CredentialsError> {
 fn load_users(
     main: &MainConfig,
     path: Option<&PathBuf>,
-) -> Result<HashMap<String, String>, CredentialsError> {
+) -> Result<HashMap<String, Zeroizing<String>>, CredentialsError> {
     let Some(path) = path else {
         return Ok(HashMap::new());
     };
@@ -68,7 +70,11 @@ fn load_users(
     Ok(users
         .list()
         .into_iter()
-        .filter_map(|u| users.password(u).map(|p| (u.to_string(), p.to_string())))
+        .filter_map(|u| {
+            users
+                .password(u)
+                .map(|p| (u.to_string(), Zeroizing::new(p.to_string())))
+        })
         .collect())
 }
 

@@ -4,6 +4,8 @@
 pub mod auth;
 pub mod config;
 pub mod credentials;
+pub mod disabled;
+pub mod fdio;
 pub mod logging;
 pub mod management;
 pub mod pipeline;
@@ -11,6 +13,7 @@ pub mod pool;
 pub mod pooled_sockets;
 pub mod process_title;
 pub mod protocol;
+pub mod random;
 pub mod segment;
 pub mod server;
 pub mod slot;

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use memmap2::MmapRaw;
 
-use crate::management::disabled::DisabledTable;
+use crate::disabled::DisabledTable;
 use crate::slot::Slot;
 
 pub const MAGIC: [u8; 8] = *b"PGCORRAL";

@@ -109,7 +109,7 @@ struct Identity {
 }
 
 /// What the client that opened the connection proved (see
-/// `worker::auth_proof`), for checking later clients.
+/// `auth::proof`), for checking later clients.
 #[repr(C)]
 struct ProofBlob {
     len: u32,

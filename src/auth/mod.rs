@@ -1,16 +1,25 @@
 //! Authentication building blocks: host-based access rules, PostgreSQL's md5
 //! password scheme and SCRAM-SHA-256 for both ends of a connection.
 //!
-//! Everything here is pure: state machines and functions over bytes, no
-//! sockets. The worker drives them with the messages of
-//! [`crate::protocol`] (see `doc/SECURITY.md` for how they fit together).
+//! `hba`, `md5`, `scram` and `proof` are pure: state machines and
+//! functions over bytes, no sockets. `startup` (the client's first packets)
+//! and `client` (admission and the password checks) drive them over a
+//! blocking client socket with the messages of [`crate::protocol`], for
+//! workers and for remote management alike (see `doc/SECURITY.md` for how
+//! they fit together).
 
+pub mod client;
+pub mod credentials;
 pub mod hba;
 pub mod md5;
 pub mod proof;
 pub mod scram;
+pub mod startup;
 
+pub use client::{Admission, AuthError};
+pub use credentials::Credentials;
 pub use hba::{ConnKind, Hba, HbaError, HbaRule, Method};
+pub use proof::AuthProof;
 pub use scram::{ClientKey, ScramClient, ScramError, ScramServer, ScramVerifier};
 
 /// The message PostgreSQL sends (with SQLSTATE 28P01) when a password does
@@ -30,10 +39,6 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     // answered here before it is reached.
     a.len() == b.len() && openssl::memcmp::eq(a, b)
 }
-
-/// Overwrites a secret in a way the optimizer may not remove as a dead
-/// store, so that it does not linger in freed memory or a core dump.
-pub(crate) use crate::sys::mem::wipe;
 
 #[cfg(test)]
 mod tests {

@@ -31,8 +31,10 @@ use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
 use openssl::hash::MessageDigest;
 use sha2::{Digest, Sha256};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
-use super::{constant_time_eq, wipe};
+use super::constant_time_eq;
+use crate::random::{self, RandomError};
 
 /// The SASL mechanism name pgcorral offers and chooses.
 pub const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
@@ -108,6 +110,8 @@ pub enum ScramError {
     OutOfOrder,
     #[error("cryptographic failure: {0}")]
     Crypto(#[from] openssl::error::ErrorStack),
+    #[error(transparent)]
+    Random(#[from] RandomError),
 }
 
 impl ScramError {
@@ -121,7 +125,7 @@ impl ScramError {
             ScramError::ChannelBindingUnsupported
             | ScramError::AuthzidUnsupported
             | ScramError::UnsupportedExtension => sqlstate::FEATURE_NOT_SUPPORTED,
-            ScramError::Crypto(_) => sqlstate::INTERNAL_ERROR,
+            ScramError::Crypto(_) | ScramError::Random(_) => sqlstate::INTERNAL_ERROR,
             _ => sqlstate::PROTOCOL_VIOLATION,
         }
     }
@@ -132,7 +136,7 @@ impl ScramError {
 macro_rules! secret_key {
     ($(#[$m:meta])* $name:ident) => {
         $(#[$m])*
-        #[derive(Clone)]
+        #[derive(Clone, Zeroize, ZeroizeOnDrop)]
         pub struct $name([u8; KEY_LEN]);
 
         impl $name {
@@ -161,12 +165,6 @@ macro_rules! secret_key {
         impl fmt::Debug for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(concat!(stringify!($name), "(<redacted>)"))
-            }
-        }
-
-        impl Drop for $name {
-            fn drop(&mut self) {
-                wipe(&mut self.0);
             }
         }
     };
@@ -250,8 +248,7 @@ impl ScramVerifier {
     /// A verifier for `password` with a fresh random salt and PostgreSQL's
     /// default iteration count.
     pub fn generate(password: &[u8]) -> Result<Self, ScramError> {
-        let mut salt = [0u8; SALT_LEN];
-        openssl::rand::rand_bytes(&mut salt)?;
+        let salt: [u8; SALT_LEN] = random::bytes()?;
         Self::from_password(password, &salt, DEFAULT_ITERATIONS)
     }
 }
@@ -567,21 +564,13 @@ fn parse_client_final(msg: &str) -> Result<ClientFinal<'_>, ScramError> {
 // ---------------------------------------------------------------------------
 
 enum Credential {
-    Password(Vec<u8>),
+    Password(Zeroizing<Vec<u8>>),
     /// A ClientKey recovered from a client, with the verifier it matched
     /// (whose salt and iteration count the server must be using).
     Keys {
         client_key: ClientKey,
         verifier: ScramVerifier,
     },
-}
-
-impl Drop for Credential {
-    fn drop(&mut self) {
-        if let Credential::Password(p) = self {
-            wipe(p);
-        }
-    }
 }
 
 enum ClientState {
@@ -604,7 +593,7 @@ impl ScramClient {
     /// A client with a fresh random nonce.
     pub fn new(password: &[u8]) -> Result<Self, ScramError> {
         Ok(Self::build(
-            Credential::Password(password.to_vec()),
+            Credential::Password(Zeroizing::new(password.to_vec())),
             random_nonce()?,
         ))
     }
@@ -614,7 +603,7 @@ impl ScramClient {
     pub fn with_nonce(password: &[u8], nonce: &str) -> Result<Self, ScramError> {
         validate_nonce(nonce)?;
         Ok(Self::build(
-            Credential::Password(password.to_vec()),
+            Credential::Password(Zeroizing::new(password.to_vec())),
             nonce.to_owned(),
         ))
     }
@@ -795,19 +784,18 @@ impl Keys {
             return Err(ScramError::IterationsOutOfRange(iterations.into()));
         }
         // Hi() of RFC 5802 is PBKDF2 with one block of HMAC output.
-        let mut salted = [0u8; KEY_LEN];
+        let mut salted = Zeroizing::new([0u8; KEY_LEN]);
         openssl::pkcs5::pbkdf2_hmac(
             password,
             salt,
             iterations as usize,
             MessageDigest::sha256(),
-            &mut salted,
+            salted.as_mut_slice(),
         )?;
         let keys = Keys {
             client_key: ClientKey(hmac_sha256(&salted, &[b"Client Key"])),
             server_key: ServerKey(hmac_sha256(&salted, &[b"Server Key"])),
         };
-        wipe(&mut salted);
         Ok(keys)
     }
 }
@@ -815,10 +803,9 @@ impl Keys {
 fn hmac_sha256(key: &[u8; KEY_LEN], parts: &[&[u8]]) -> [u8; KEY_LEN] {
     // HMAC zero-pads keys shorter than the hash's 64-byte block, so padding
     // here computes the same MAC through the infallible constructor.
-    let mut block = [0u8; 64];
+    let mut block = Zeroizing::new([0u8; 64]);
     block[..KEY_LEN].copy_from_slice(key);
-    let mut mac = <HmacSha256 as KeyInit>::new(&block.into());
-    wipe(&mut block);
+    let mut mac = <HmacSha256 as KeyInit>::new(&(*block).into());
     for p in parts {
         mac.update(p);
     }
@@ -838,8 +825,7 @@ fn xor(a: &[u8; KEY_LEN], b: &[u8; KEY_LEN]) -> [u8; KEY_LEN] {
 }
 
 fn random_nonce() -> Result<String, ScramError> {
-    let mut raw = [0u8; RAW_NONCE_LEN];
-    openssl::rand::rand_bytes(&mut raw)?;
+    let raw: [u8; RAW_NONCE_LEN] = random::bytes()?;
     // The base64 alphabet is all "printable" in SCRAM's sense (no comma).
     Ok(B64.encode(raw))
 }

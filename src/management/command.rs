@@ -160,7 +160,8 @@ pub fn decode_reply(payload: &[u8]) -> Result<(bool, &[u8]), CommandError> {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum FlushMode {
     /// Idle connections now; those in use when their client gives them back.
     Gracefully,
@@ -180,7 +181,8 @@ impl FlushMode {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ShutdownMode {
     /// Like SIGTRAP: no new clients, exit when the last one leaves.
     Gracefully,

@@ -6,9 +6,9 @@
 pub mod client;
 pub mod command;
 pub mod disabled;
-pub mod json;
 pub mod message;
 pub mod remote;
+pub mod reply;
 pub mod server;
 pub mod transfer;
 

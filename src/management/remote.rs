@@ -11,11 +11,15 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
+use zeroize::Zeroizing;
+
+use crate::auth::client::{check_scram, AuthError};
+use crate::auth::startup::{self as client_startup, ClientStart};
+use crate::auth::Credentials;
 use crate::auth::ScramVerifier;
+use crate::fdio as io;
 use crate::protocol;
-use crate::worker::client_auth::{check_scram, AuthError, Credentials};
-use crate::worker::client_startup::{self, ClientStart};
-use crate::worker::io;
+use crate::random;
 
 /// Serves one remote administrator; returns the exit status.
 pub fn serve(
@@ -68,10 +72,8 @@ fn authenticate(client: BorrowedFd<'_>, credentials: &Credentials) -> Result<Str
     let verifier = match credentials.admin_verifiers.get(&user) {
         Some(v) => v.clone(),
         None => {
-            let mut secret = [0u8; 32];
-            openssl::rand::rand_bytes(&mut secret)
-                .map_err(|e| AuthError::Internal(e.to_string()))?;
-            ScramVerifier::generate(&secret).map_err(|e| AuthError::Internal(e.to_string()))?
+            let secret = Zeroizing::new(random::bytes::<32>()?);
+            ScramVerifier::generate(secret.as_slice())?
         }
     };
     check_scram(client, &user, &verifier)?;

@@ -13,11 +13,11 @@ use crate::auth::md5;
 use crate::auth::proof::AuthProof;
 use crate::auth::scram::{self, ScramClient, ScramError};
 use crate::config::ServerConfig;
+use crate::fdio::{set_nodelay, set_timeouts, write_all, FdIo};
 use crate::protocol::frontend;
 use crate::protocol::tag::backend;
 use crate::protocol::tag::frontend as frontend_tag;
 use crate::protocol::{self, AuthRequest, ErrorResponse, ProtocolError, StartupMessage};
-use crate::worker::io::{set_nodelay, set_timeouts, write_all, FdIo};
 
 /// Start-up messages from the server are small; anything bigger is not a
 /// PostgreSQL server talking.

@@ -6,11 +6,11 @@
 use std::os::fd::BorrowedFd;
 use std::time::Duration;
 
+use crate::fdio::{self as io, FdIo};
 use crate::pipeline::params::{self, Params};
 use crate::protocol::tag::backend;
 use crate::protocol::{self, ErrorResponse, ProtocolError};
 use crate::slot::Slot;
-use crate::worker::io::{self, FdIo};
 
 /// Answers to SET and DISCARD are small; a bigger message means the
 /// stream is not where we think.

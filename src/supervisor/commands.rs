@@ -3,13 +3,12 @@
 //! reads the shared segment, moves slots with one compare-and-swap each,
 //! closes sockets the supervisor holds, signals workers, and answers.
 //!
-//! Every command produces a result in both forms; the request says which
-//! one goes back. JSON results are wrapped in an envelope,
-//! `{"command":NAME,"ok":true,"result":{...}}` or
+//! Every command produces one result value (`management::reply`), printed
+//! as text or as JSON as the request asks. JSON results are wrapped in an
+//! envelope, `{"command":NAME,"ok":true,"result":{...}}` or
 //! `{"command":NAME,"ok":false,"error":"..."}`, documented in `doc/CLI.md`.
 
 use std::collections::BTreeSet;
-use std::fmt::Write;
 use std::time::Instant;
 
 use mio::Interest;
@@ -17,11 +16,14 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::{listeners, Mode, Supervisor, TCP_FIRST, UNIX};
+use crate::disabled::DisabledSet;
 use crate::management::command::{
     encode_reply, AdminCommand, CommandRequest, Database, FlushMode, Format, ShutdownMode,
 };
-use crate::management::disabled::DisabledSet;
-use crate::management::json::Value;
+use crate::management::reply::{
+    database_text, ClearServer, Connections, Disabled, Enabled, Envelope, Flush, LimitStatus, Ping,
+    Reply, ServerStatus, Shutdown, SlotStatus, Status, SwitchTo,
+};
 use crate::pool;
 use crate::slot::{Slot, SlotState, NO_OWNER};
 
@@ -60,31 +62,8 @@ impl Admin {
     }
 }
 
-/// A command's result, in both forms.
-pub(super) struct Done {
-    pub(super) json: Value,
-    pub(super) text: String,
-}
-
-impl Done {
-    pub(super) fn new(json: Value, text: impl Into<String>) -> Self {
-        Done {
-            json,
-            text: text.into(),
-        }
-    }
-}
-
-fn database_json(db: &Database) -> Value {
-    db.as_deref().into()
-}
-
-fn database_text(db: &Database) -> String {
-    match db {
-        Some(d) => format!("database \"{d}\""),
-        None => "all databases".to_string(),
-    }
-}
+/// A command's result, printed as text or JSON from the one value.
+pub(super) type Done = Box<dyn Reply>;
 
 /// The database part of a slot's identity, cut like the slot cuts it.
 fn slot_database(slot: &Slot) -> String {
@@ -100,15 +79,6 @@ fn matches_database(slot: &Slot, db: &Database) -> bool {
             slot.identity().0 == &want[..want.len().min(crate::slot::NAME_CAPACITY - 1)]
         }
     }
-}
-
-fn hms(seconds: u64) -> String {
-    format!(
-        "{}:{:02}:{:02}",
-        seconds / 3600,
-        seconds % 3600 / 60,
-        seconds % 60
-    )
 }
 
 impl Supervisor {
@@ -138,22 +108,15 @@ impl Supervisor {
         if let Err(e) = &result {
             log::debug!("management: {name}: {e}");
         }
-        let ok = result.is_ok();
-        let text = match (req.format, result) {
-            (Format::Json, Ok(done)) => Value::object()
-                .with("command", name)
-                .with("ok", true)
-                .with("result", done.json)
-                .to_json(),
-            (Format::Json, Err(e)) => Value::object()
-                .with("command", name)
-                .with("ok", false)
-                .with("error", e)
-                .to_json(),
-            (Format::Text, Ok(done)) => done.text,
-            (Format::Text, Err(e)) => e,
+        let (ok, mut text) = match (req.format, result) {
+            (Format::Text, Ok(done)) => (true, done.to_string()),
+            (Format::Text, Err(e)) => (false, e),
+            (Format::Json, Ok(done)) => match done.envelope(&name) {
+                Ok(json) => (true, json),
+                Err(e) => (false, failure_json(&name, &format!("cannot encode: {e}"))),
+            },
+            (Format::Json, Err(e)) => (false, failure_json(&name, &e)),
         };
-        let mut text = text;
         if !text.ends_with('\n') {
             text.push('\n');
         }
@@ -162,14 +125,12 @@ impl Supervisor {
 
     fn execute(&mut self, cmd: &AdminCommand) -> Result<Done, String> {
         match cmd {
-            AdminCommand::Ping => Ok(Done::new(
-                Value::object()
-                    .with("pid", std::process::id())
-                    .with("version", env!("CARGO_PKG_VERSION")),
-                format!("pgcorral is running (pid {})", std::process::id()),
-            )),
-            AdminCommand::Status { details } => Ok(self.status(*details)),
-            AdminCommand::Flush { mode, database } => Ok(self.flush(*mode, database)),
+            AdminCommand::Ping => Ok(Box::new(Ping {
+                pid: std::process::id(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            })),
+            AdminCommand::Status { details } => Ok(Box::new(self.status(*details))),
+            AdminCommand::Flush { mode, database } => Ok(Box::new(self.flush(*mode, database))),
             AdminCommand::Enable { database } => self.set_enabled(database, true),
             AdminCommand::Disable { database } => self.set_enabled(database, false),
             AdminCommand::Shutdown { mode } => self.shutdown_command(*mode),
@@ -177,7 +138,7 @@ impl Supervisor {
             AdminCommand::ConfReload => self.reload_config("conf reload"),
             AdminCommand::ConfGet { key } => self.conf_get(key),
             AdminCommand::ConfSet { key, value } => self.conf_set(key, value),
-            AdminCommand::ConfLs => Ok(self.conf_ls()),
+            AdminCommand::ConfLs => Ok(Box::new(self.conf_ls())),
             AdminCommand::ClearPrometheus => {
                 Err("metrics are not available in this version".to_string())
             }
@@ -186,12 +147,10 @@ impl Supervisor {
                     return Err(format!("no server named \"{server}\""));
                 }
                 let was_failed = self.admin.failed.remove(server);
-                Ok(Done::new(
-                    Value::object()
-                        .with("server", server.as_str())
-                        .with("was_failed", was_failed),
-                    format!("server \"{server}\" cleared"),
-                ))
+                Ok(Box::new(ClearServer {
+                    server: server.clone(),
+                    was_failed,
+                }))
             }
         }
     }
@@ -237,7 +196,7 @@ impl Supervisor {
     /// `flush`: idle connections now; with `gracefully` and `all` the
     /// others are marked to be closed when given back, and with `all` the
     /// workers holding them are told to end their clients (SIGQUIT).
-    fn flush(&mut self, mode: FlushMode, database: &Database) -> Done {
+    fn flush(&mut self, mode: FlushMode, database: &Database) -> Flush {
         let mut marked = 0usize;
         let mut owners = BTreeSet::new();
         if mode != FlushMode::Idle {
@@ -272,25 +231,13 @@ impl Supervisor {
             database_text(database),
             owners.len()
         );
-        let mut text = format!(
-            "flush {}: {closed} idle connection(s) closed",
-            mode.as_str()
-        );
-        if mode != FlushMode::Idle {
-            let _ = write!(text, ", {marked} in use will be closed when given back");
+        Flush {
+            mode,
+            database: database.clone(),
+            closed,
+            marked,
+            clients_ended: owners.len(),
         }
-        if mode == FlushMode::All {
-            let _ = write!(text, ", {} client(s) ended", owners.len());
-        }
-        Done::new(
-            Value::object()
-                .with("mode", mode.as_str())
-                .with("database", database_json(database))
-                .with("closed", closed)
-                .with("marked", marked)
-                .with("clients_ended", owners.len()),
-            text,
-        )
     }
 
     fn set_enabled(&mut self, database: &Database, enable: bool) -> Result<Done, String> {
@@ -309,38 +256,11 @@ impl Supervisor {
         self.admin.disabled = set;
         let verb = if enable { "enabled" } else { "disabled" };
         log::info!("{} {verb}", database_text(database));
-        Ok(Done::new(
-            Value::object()
-                .with("database", database_json(database))
-                .with("enabled", enable)
-                .with("disabled", self.disabled_json()),
-            format!("{} {verb}", database_text(database)),
-        ))
-    }
-
-    fn disabled_json(&self) -> Value {
-        let d = &self.admin.disabled;
-        let names: Vec<String> = d.names.iter().cloned().collect();
-        let (list, except) = if d.all {
-            (Vec::new(), names)
-        } else {
-            (names, Vec::new())
-        };
-        Value::object()
-            .with("all", d.all)
-            .with("databases", list)
-            .with("except", except)
-    }
-
-    fn disabled_text(&self) -> String {
-        let d = &self.admin.disabled;
-        let names = d.names.iter().cloned().collect::<Vec<_>>().join(", ");
-        match (d.all, d.names.is_empty()) {
-            (false, true) => "none".to_string(),
-            (false, false) => names,
-            (true, true) => "all databases".to_string(),
-            (true, false) => format!("all databases except {names}"),
-        }
+        Ok(Box::new(Enabled {
+            database: database.clone(),
+            enabled: enable,
+            disabled: Disabled::from(&self.admin.disabled),
+        }))
     }
 
     fn shutdown_command(&mut self, mode: ShutdownMode) -> Result<Done, String> {
@@ -349,31 +269,21 @@ impl Supervisor {
             ShutdownMode::Gracefully => {
                 let already = self.mode == Mode::Graceful;
                 self.start_graceful();
-                let text = if already {
-                    "a graceful shutdown is already in progress".to_string()
-                } else {
-                    format!(
-                        "graceful shutdown started: no new clients; pgcorral exits when the {clients} connected client(s) have left"
-                    )
-                };
-                Ok(Done::new(
-                    Value::object()
-                        .with("mode", "gracefully")
-                        .with("clients", clients)
-                        .with("already", already),
-                    text,
-                ))
+                Ok(Box::new(Shutdown {
+                    mode,
+                    clients,
+                    already: Some(already),
+                }))
             }
             ShutdownMode::Immediate => {
                 // The same path as SIGTERM, taken at the next turn of the
                 // loop, once this answer is on its way.
                 kill(Pid::this(), Signal::SIGTERM).map_err(|e| e.to_string())?;
-                Ok(Done::new(
-                    Value::object()
-                        .with("mode", "immediate")
-                        .with("clients", clients),
-                    format!("shutting down now; {clients} client(s) are disconnected"),
-                ))
+                Ok(Box::new(Shutdown {
+                    mode,
+                    clients,
+                    already: None,
+                }))
             }
             ShutdownMode::Cancel => {
                 if self.mode != Mode::Graceful {
@@ -382,12 +292,11 @@ impl Supervisor {
                 self.reopen_listeners()?;
                 self.mode = Mode::Running;
                 log::info!("graceful shutdown cancelled: accepting clients again");
-                Ok(Done::new(
-                    Value::object()
-                        .with("mode", "cancel")
-                        .with("clients", clients),
-                    "graceful shutdown cancelled; accepting clients again",
-                ))
+                Ok(Box::new(Shutdown {
+                    mode,
+                    clients,
+                    already: None,
+                }))
             }
         }
     }
@@ -427,14 +336,7 @@ impl Supervisor {
         }
         let previous = self.config.primary_server().name.clone();
         if previous == server {
-            return Ok(Done::new(
-                Value::object()
-                    .with("server", server)
-                    .with("previous", previous.as_str())
-                    .with("closed", 0)
-                    .with("marked", 0),
-                format!("\"{server}\" is already the primary server"),
-            ));
+            return Ok(Box::new(SwitchTo::after(server, &previous, &Flush::none())));
         }
         for s in &mut self.config.servers {
             s.primary = s.name == server;
@@ -444,19 +346,7 @@ impl Supervisor {
         log::warn!("switch-to: primary server is now \"{server}\" (was \"{previous}\")");
         // Connections to the old primary must not be handed out again.
         let flushed = self.flush(FlushMode::Gracefully, &None);
-        let closed = flushed.json.get("closed").cloned().unwrap_or(Value::Int(0));
-        let marked = flushed.json.get("marked").cloned().unwrap_or(Value::Int(0));
-        Ok(Done::new(
-            Value::object()
-                .with("server", server)
-                .with("previous", previous.as_str())
-                .with("closed", closed)
-                .with("marked", marked),
-            format!(
-                "primary server is now \"{server}\" (was \"{previous}\"); {}",
-                flushed.text.trim_start_matches("flush gracefully: ")
-            ),
-        ))
+        Ok(Box::new(SwitchTo::after(server, &previous, &flushed)))
     }
 
     fn server_name(&self, index: u32) -> String {
@@ -467,7 +357,9 @@ impl Supervisor {
             .unwrap_or_else(|| index.to_string())
     }
 
-    fn status(&self, details: bool) -> Done {
+    /// `status` (and `status details`): built once, printed in either
+    /// form.
+    fn status(&self, details: bool) -> Status {
         let slots = self.segment.slots();
         let mut counts = [0usize; STATES.len()];
         for slot in slots {
@@ -476,199 +368,109 @@ impl Supervisor {
                 counts[k] += 1;
             }
         }
-        let total = slots.len() - counts[0];
-        let uptime = self.admin.started.elapsed().as_secs();
         let pipeline = crate::pipeline::resolve(self.config.main.pipeline)
             .unwrap_or(self.config.main.pipeline);
         let primary = self.config.primary_server();
-        let state = match self.mode {
-            Mode::Running => "running",
-            Mode::Graceful => "graceful_shutdown",
-        };
-
-        let mut connections = Value::object().with("total", total);
-        for (s, n) in STATES.iter().zip(counts) {
-            connections = connections.with(s.name(), n);
-        }
-        let servers: Vec<Value> = self
+        let servers = self
             .config
             .servers
             .iter()
-            .map(|s| {
-                Value::object()
-                    .with("name", s.name.as_str())
-                    .with("host", s.host.as_str())
-                    .with("port", s.port)
-                    .with("primary", s.name == primary.name)
-                    .with(
-                        "state",
-                        if self.admin.failed.contains(&s.name) {
-                            "failed"
-                        } else {
-                            "up"
-                        },
-                    )
+            .map(|s| ServerStatus {
+                name: s.name.clone(),
+                host: s.host.clone(),
+                port: s.port,
+                primary: s.name == primary.name,
+                state: if self.admin.failed.contains(&s.name) {
+                    "failed"
+                } else {
+                    "up"
+                },
             })
             .collect();
-        let limits: Vec<Value> = self
+        let limits = self
             .config
             .limits
             .iter()
             .enumerate()
             .map(|(i, l)| {
                 let rec = self.segment.limit(Some(i));
-                Value::object()
-                    .with("database", l.database.as_str())
-                    .with("user", l.user.as_str())
-                    .with("active", rec.map_or(0, |r| r.active()))
-                    .with("max_size", rec.map_or(0, |r| r.max_size()))
-                    .with("initial_size", l.initial_size)
-                    .with("min_size", l.min_size)
+                LimitStatus {
+                    database: l.database.clone(),
+                    user: l.user.clone(),
+                    active: rec.map_or(0, |r| r.active()),
+                    max_size: rec.map_or(0, |r| r.max_size()),
+                    initial_size: l.initial_size,
+                    min_size: l.min_size,
+                }
             })
             .collect();
-        let mut json = Value::object()
-            .with("state", state)
-            .with("pid", std::process::id())
-            .with("version", env!("CARGO_PKG_VERSION"))
-            .with("uptime_seconds", uptime)
-            .with("pipeline", pipeline.as_str())
-            .with("server", primary.name.as_str())
-            .with("servers", Value::Array(servers))
-            .with("clients", self.workers.len())
-            .with("max_connections", slots.len())
-            .with("connections", connections)
-            .with("limits", Value::Array(limits))
-            .with("disabled", self.disabled_json());
-
-        let mut text = String::new();
-        let _ = writeln!(text, "Status:          {state}");
-        let _ = writeln!(
-            text,
-            "Version:         {} (pid {})",
-            env!("CARGO_PKG_VERSION"),
-            std::process::id()
-        );
-        let _ = writeln!(text, "Uptime:          {}", hms(uptime));
-        let _ = writeln!(text, "Pipeline:        {pipeline}");
-        let _ = writeln!(
-            text,
-            "Primary server:  {} ({}:{})",
-            primary.name, primary.host, primary.port
-        );
-        let failed: Vec<&str> = self.admin.failed.iter().map(String::as_str).collect();
-        if !failed.is_empty() {
-            let _ = writeln!(text, "Failed servers:  {}", failed.join(", "));
+        Status {
+            state: match self.mode {
+                Mode::Running => "running",
+                Mode::Graceful => "graceful_shutdown",
+            },
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_seconds: self.admin.started.elapsed().as_secs(),
+            pipeline: pipeline.as_str().to_string(),
+            server: primary.name.clone(),
+            servers,
+            clients: self.workers.len(),
+            max_connections: slots.len(),
+            connections: Connections {
+                total: slots.len() - counts[0],
+                by_state: STATES.iter().map(|s| s.name()).zip(counts).collect(),
+            },
+            limits,
+            disabled: Disabled::from(&self.admin.disabled),
+            slots: details.then(|| self.slot_rows()),
         }
-        let _ = writeln!(text, "Clients:         {}", self.workers.len());
-        let by_state: Vec<String> = STATES
-            .iter()
-            .zip(counts)
-            .skip(1)
-            .filter(|(_, n)| *n > 0)
-            .map(|(s, n)| format!("{} {n}", s.name()))
-            .collect();
-        let _ = writeln!(
-            text,
-            "Connections:     {total} of {}{}",
-            slots.len(),
-            if by_state.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", by_state.join(", "))
-            }
-        );
-        let _ = writeln!(text, "Disabled:        {}", self.disabled_text());
-        if !self.config.limits.is_empty() {
-            let _ = writeln!(text, "Limits:");
-            for (i, l) in self.config.limits.iter().enumerate() {
-                let rec = self.segment.limit(Some(i));
-                let _ = writeln!(
-                    text,
-                    "  {}/{}: {} of {} (min {}, initial {})",
-                    l.database,
-                    l.user,
-                    rec.map_or(0, |r| r.active()),
-                    rec.map_or(0, |r| r.max_size()),
-                    l.min_size,
-                    l.initial_size
-                );
-            }
-        }
+    }
 
-        if details {
-            let now = pool::now_ms();
-            let mut rows = Vec::with_capacity(slots.len());
-            let _ = writeln!(
-                text,
-                "\n{:<5} {:<18} {:<16} {:<16} {:<10} {:>8} {:>8} {:>8} {:>8}",
-                "Slot", "State", "Database", "User", "Server", "Owner", "Backend", "Age", "Idle"
-            );
-            for (i, slot) in slots.iter().enumerate() {
-                let (state, owner) = slot.snapshot();
-                let mut row = Value::object().with("slot", i).with("state", state.name());
-                if state == SlotState::NotInit {
-                    row = row
-                        .with("database", Value::Null)
-                        .with("user", Value::Null)
-                        .with("server", Value::Null)
-                        .with("owner_pid", Value::Null)
-                        .with("backend_pid", Value::Null)
-                        .with("age_seconds", Value::Null)
-                        .with("idle_seconds", Value::Null)
-                        .with("close_on_release", false);
-                    let _ = writeln!(text, "{i:<5} {}", state.name());
-                } else {
-                    let database = slot_database(slot);
-                    let user = String::from_utf8_lossy(slot.identity().1).into_owned();
-                    let server = self.server_name(slot.server());
-                    let age = now.saturating_sub(slot.created_ms()) / 1000;
-                    let idle = now.saturating_sub(slot.last_used_ms()) / 1000;
-                    let owner_json: Value = if owner == NO_OWNER {
-                        Value::Null
-                    } else {
-                        owner.into()
-                    };
-                    let _ = writeln!(
-                        text,
-                        "{i:<5} {:<18} {:<16} {:<16} {:<10} {:>8} {:>8} {:>7}s {:>7}s",
-                        state.name(),
-                        database,
-                        user,
-                        server,
-                        if owner == NO_OWNER {
-                            "-".to_string()
-                        } else {
-                            owner.to_string()
-                        },
-                        slot.backend_pid(),
-                        age,
-                        idle
-                    );
-                    row = row
-                        .with("database", database)
-                        .with("user", user)
-                        .with("server", server)
-                        .with("owner_pid", owner_json)
-                        .with("backend_pid", slot.backend_pid())
-                        .with("age_seconds", age)
-                        .with("idle_seconds", idle)
-                        .with("close_on_release", slot.close_on_release());
+    /// Every slot, each read on its own (not the table at one instant).
+    fn slot_rows(&self) -> Vec<SlotStatus> {
+        let now = pool::now_ms();
+        let slots = self.segment.slots();
+        let mut rows = Vec::with_capacity(slots.len());
+        for (i, slot) in slots.iter().enumerate() {
+            let (state, owner) = slot.snapshot();
+            let row = if state == SlotState::NotInit {
+                SlotStatus {
+                    slot: i,
+                    state: state.name(),
+                    database: None,
+                    user: None,
+                    server: None,
+                    owner_pid: None,
+                    backend_pid: None,
+                    age_seconds: None,
+                    idle_seconds: None,
+                    close_on_release: false,
                 }
-                rows.push(row);
-            }
-            json = json.with("slots", Value::Array(rows));
+            } else {
+                SlotStatus {
+                    slot: i,
+                    state: state.name(),
+                    database: Some(slot_database(slot)),
+                    user: Some(String::from_utf8_lossy(slot.identity().1).into_owned()),
+                    server: Some(self.server_name(slot.server())),
+                    owner_pid: (owner != NO_OWNER).then_some(owner),
+                    backend_pid: Some(slot.backend_pid()),
+                    age_seconds: Some(now.saturating_sub(slot.created_ms()) / 1000),
+                    idle_seconds: Some(now.saturating_sub(slot.last_used_ms()) / 1000),
+                    close_on_release: slot.close_on_release(),
+                }
+            };
+            rows.push(row);
         }
-        Done::new(json, text)
+        rows
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hours_minutes_seconds() {
-        assert_eq!(hms(0), "0:00:00");
-        assert_eq!(hms(3723), "1:02:03");
-    }
+/// The JSON envelope of a failed command.
+fn failure_json(command: &str, error: &str) -> String {
+    // Strings and a boolean always encode; the fallback is never expected.
+    Envelope::failure(command, error)
+        .to_json()
+        .unwrap_or_else(|_| String::from(r#"{"command":"","ok":false,"error":"unencodable"}"#))
 }

@@ -24,12 +24,13 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::Signal;
 
+use crate::auth::Credentials;
 use crate::config::Config;
 use crate::management;
 use crate::management::server::Connection;
 use crate::pooled_sockets::{self, PooledSockets};
+use crate::random::{self, RandomError};
 use crate::segment::{Segment, SegmentError};
-use crate::worker::client_auth::Credentials;
 use crate::worker::{Context, Peer};
 
 const SIGNALS: Token = Token(0);
@@ -53,6 +54,8 @@ pub enum SupervisorError {
     Signals(#[source] nix::Error),
     #[error("event loop: {0}")]
     Poll(#[source] io::Error),
+    #[error("statement-name key: {0}")]
+    Random(#[from] RandomError),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +90,7 @@ pub struct Supervisor {
 
 impl Supervisor {
     pub fn new(config: Config, credentials: Credentials) -> Result<Self, SupervisorError> {
+        let statement_key = random_key()?;
         let main = &config.main;
         pooled_sockets::ensure_fd_limit(main.max_connections)
             .map_err(SupervisorError::Descriptors)?;
@@ -154,7 +158,7 @@ impl Supervisor {
             workers: HashSet::new(),
             mode: Mode::Running,
             credentials,
-            statement_key: random_key(),
+            statement_key,
             upkeep,
             admin: commands::Admin::new(),
         })
@@ -327,20 +331,24 @@ impl Drop for Supervisor {
     }
 }
 
-/// A fresh key for the prepared-statement name hash.
-fn random_key() -> [u64; 2] {
-    let mut b = [0u8; 16];
-    // SAFETY: getrandom fills the 16-byte buffer we pass.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr() as *mut libc::c_void, b.len(), 0) };
-    if n != 16 {
-        // Without getrandom the names are merely predictable; they stay
-        // consistent, which is what correctness needs.
-        let t = crate::pool::now_ms();
-        return [t, t.rotate_left(32) ^ std::process::id() as u64];
+/// A fresh key for the prepared-statement name hash. Without random
+/// numbers the supervisor does not start: names a client could predict
+/// would let it collide with another client's statements.
+fn random_key() -> Result<[u64; 2], RandomError> {
+    Ok([random::u64()?, random::u64()?])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_statement_key_is_random_or_start_up_fails() {
+        let (a, b) = (random_key().unwrap(), random_key().unwrap());
+        assert_ne!(a, b);
+        let e = SupervisorError::from(random::failure());
+        assert!(e
+            .to_string()
+            .starts_with("statement-name key: no random numbers available"));
     }
-    let (a, c) = b.split_at(8);
-    [
-        u64::from_ne_bytes(a.try_into().unwrap_or([0; 8])),
-        u64::from_ne_bytes(c.try_into().unwrap_or([0; 8])),
-    ]
 }

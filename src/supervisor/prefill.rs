@@ -11,14 +11,14 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::auth::proof::AuthProof;
+use crate::auth::AuthProof;
+use crate::auth::Credentials;
 use crate::config::Config;
 use crate::management::client::ManagementClient;
 use crate::pool::{self, CheckedIn, Verdict, Want};
 use crate::segment::Segment;
 use crate::server::{self, FillError, Login, ServerError};
 use crate::slot::SlotState;
-use crate::worker::client_auth::Credentials;
 
 /// Helper exit statuses.
 pub const DONE: i32 = 0;

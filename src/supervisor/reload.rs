@@ -5,33 +5,34 @@
 //! copy of the configuration, which upkeep reads every second and every
 //! worker forked afterwards inherits.
 
-use std::fmt::Write;
-
 use super::commands::Done;
 use super::Supervisor;
-use crate::config::keys::{Change, Setting};
+use crate::config::keys::{Change, Setting as ConfigSetting};
 use crate::config::Config;
-use crate::management::json::Value;
+use crate::management::reply::{Applied, ConfLs, ConfSet, NeedsRestart, Reload, Setting};
 
-fn changes_json(changes: &[Change], running: &str) -> Value {
-    Value::Array(
-        changes
-            .iter()
-            .map(|c| {
-                Value::object()
-                    .with("key", c.key.as_str())
-                    .with(running, c.running.as_str())
-                    .with("file", c.file.as_str())
-            })
-            .collect(),
-    )
+fn setting(s: ConfigSetting) -> Setting {
+    Setting {
+        key: s.key,
+        value: s.value,
+        reloadable: s.reloadable,
+    }
 }
 
-fn setting_json(s: &Setting) -> Value {
-    Value::object()
-        .with("key", s.key.as_str())
-        .with("value", s.value.as_str())
-        .with("reloadable", s.reloadable)
+fn applied(c: &Change) -> Applied {
+    Applied {
+        key: c.key.clone(),
+        old: c.running.clone(),
+        file: c.file.clone(),
+    }
+}
+
+fn needs_restart(c: &Change) -> NeedsRestart {
+    NeedsRestart {
+        key: c.key.clone(),
+        running: c.running.clone(),
+        file: c.file.clone(),
+    }
 }
 
 impl Supervisor {
@@ -77,42 +78,14 @@ impl Supervisor {
             plan.applied.len(),
             plan.needs_restart.len()
         );
+        let reply = Reload {
+            path: path.display().to_string(),
+            applied: plan.applied.iter().map(applied).collect(),
+            needs_restart: plan.needs_restart.iter().map(needs_restart).collect(),
+        };
         self.apply_config(plan.config);
 
-        let mut text = format!(
-            "configuration reloaded from {}: {} change(s) applied, {} need a restart",
-            path.display(),
-            plan.applied.len(),
-            plan.needs_restart.len()
-        );
-        for c in &plan.applied {
-            let _ = write!(
-                text,
-                "\n  applied: {} = {} (was {})",
-                c.key,
-                shown(&c.file),
-                shown(&c.running)
-            );
-        }
-        for c in &plan.needs_restart {
-            let _ = write!(
-                text,
-                "\n  needs a restart: {} (keeping {}, the file says {})",
-                c.key,
-                shown(&c.running),
-                shown(&c.file)
-            );
-        }
-        Ok(Done::new(
-            Value::object()
-                .with("path", path.display().to_string())
-                .with("applied", changes_json(&plan.applied, "old"))
-                .with(
-                    "needs_restart",
-                    changes_json(&plan.needs_restart, "running"),
-                ),
-            text,
-        ))
+        Ok(Box::new(reply))
     }
 
     /// Makes `new` the running configuration and carries out what cannot
@@ -139,8 +112,7 @@ impl Supervisor {
             .config
             .setting(key)
             .ok_or_else(|| format!("unknown configuration key `{key}` (conf ls lists them)"))?;
-        let text = s.value.clone();
-        Ok(Done::new(setting_json(&s), text))
+        Ok(Box::new(setting(s)))
     }
 
     pub(super) fn conf_set(&mut self, key: &str, value: &str) -> Result<Done, String> {
@@ -163,36 +135,16 @@ impl Supervisor {
             shown(&after.value)
         );
         self.apply_config(new);
-        Ok(Done::new(
-            setting_json(&after).with("old", before.as_str()),
-            format!("{} = {} (was {})", after.key, after.value, shown(&before)),
-        ))
+        Ok(Box::new(ConfSet {
+            setting: setting(after),
+            old: before,
+        }))
     }
 
-    pub(super) fn conf_ls(&self) -> Done {
-        let settings = self.config.settings();
-        let width = settings.iter().map(|s| s.key.len()).max().unwrap_or(0);
-        let mut text = String::new();
-        for s in &settings {
-            let _ = writeln!(
-                text,
-                "{:<width$} = {:<24} {}",
-                s.key,
-                s.value,
-                if s.reloadable {
-                    "(reloadable)"
-                } else {
-                    "(restart)"
-                }
-            );
+    pub(super) fn conf_ls(&self) -> ConfLs {
+        ConfLs {
+            settings: self.config.settings().into_iter().map(setting).collect(),
         }
-        Done::new(
-            Value::object().with(
-                "settings",
-                Value::Array(settings.iter().map(setting_json).collect()),
-            ),
-            text,
-        )
     }
 }
 

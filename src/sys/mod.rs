@@ -15,7 +15,6 @@
 
 pub mod fd;
 pub mod io;
-pub mod mem;
 pub mod poll;
 pub mod process;
 pub mod scm;

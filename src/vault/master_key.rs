@@ -10,8 +10,10 @@ use std::path::{Path, PathBuf};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
 use super::VaultError;
-use crate::auth::wipe;
+use crate::random;
 
 /// AES-256 key length.
 pub const KEY_LEN: usize = 32;
@@ -23,15 +25,15 @@ pub const DEFAULT_FILE: &str = "master.key";
 const MAX_FILE_LEN: u64 = 1024;
 
 /// The master key. `Debug` does not show it; its memory is wiped on drop.
-#[derive(Clone)]
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct MasterKey([u8; KEY_LEN]);
 
 impl MasterKey {
     /// A fresh random key.
     pub fn generate() -> Result<Self, VaultError> {
-        let mut k = [0u8; KEY_LEN];
-        openssl::rand::rand_bytes(&mut k)?;
-        Ok(MasterKey(k))
+        let mut key = MasterKey([0u8; KEY_LEN]);
+        random::fill(&mut key.0)?;
+        Ok(key)
     }
 
     pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
@@ -46,12 +48,6 @@ impl MasterKey {
 impl fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("MasterKey(<redacted>)")
-    }
-}
-
-impl Drop for MasterKey {
-    fn drop(&mut self) {
-        wipe(&mut self.0);
     }
 }
 
@@ -80,15 +76,13 @@ pub fn create(path: &Path, force: bool) -> Result<MasterKey, VaultError> {
         }
     }
     let key = MasterKey::generate()?;
-    let mut text = B64.encode(key.as_bytes()).into_bytes();
+    let mut text = Zeroizing::new(B64.encode(key.as_bytes()).into_bytes());
     text.push(b'\n');
-    let result = if force {
-        write_replacing(path, &text)
+    if force {
+        write_replacing(path, &text)?;
     } else {
-        write_new(path, &text)
-    };
-    wipe(&mut text);
-    result?;
+        write_new(path, &text)?;
+    }
     Ok(key)
 }
 
@@ -142,13 +136,11 @@ pub fn load(path: &Path) -> Result<MasterKey, VaultError> {
             euid,
         });
     }
-    let mut text = Vec::new();
+    let mut text = Zeroizing::new(Vec::new());
     file.take(MAX_FILE_LEN + 1)
         .read_to_end(&mut text)
         .map_err(|e| VaultError::io("read", path, e))?;
-    let key = parse(path, &text);
-    wipe(&mut text);
-    key
+    parse(path, &text)
 }
 
 fn parse(path: &Path, text: &[u8]) -> Result<MasterKey, VaultError> {
@@ -159,14 +151,13 @@ fn parse(path: &Path, text: &[u8]) -> Result<MasterKey, VaultError> {
     if text.len() as u64 > MAX_FILE_LEN {
         return Err(invalid("file too large"));
     }
-    let mut decoded = B64
-        .decode(text.trim_ascii())
-        .map_err(|_| invalid("not base64"))?;
-    let key = <[u8; KEY_LEN]>::try_from(decoded.as_slice())
+    let decoded = Zeroizing::new(
+        B64.decode(text.trim_ascii())
+            .map_err(|_| invalid("not base64"))?,
+    );
+    <[u8; KEY_LEN]>::try_from(decoded.as_slice())
         .map(MasterKey)
-        .map_err(|_| invalid("not 32 bytes"));
-    wipe(&mut decoded);
-    key
+        .map_err(|_| invalid("not 32 bytes"))
 }
 
 #[cfg(test)]

@@ -76,6 +76,8 @@ pub enum VaultError {
     InvalidPassword(&'static str),
     #[error("cryptographic failure: {0}")]
     Crypto(#[from] openssl::error::ErrorStack),
+    #[error(transparent)]
+    Random(#[from] crate::random::RandomError),
 }
 
 impl VaultError {

@@ -15,8 +15,10 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use openssl::symm::{decrypt_aead, encrypt_aead, Cipher};
 
+use zeroize::Zeroizing;
+
 use super::{MasterKey, VaultError};
-use crate::auth::wipe;
+use crate::random;
 
 /// GCM nonce length (the size GCM is designed for).
 pub const NONCE_LEN: usize = 12;
@@ -31,18 +33,10 @@ pub const MAX_PASSWORD_LEN: usize = 1024;
 pub const MAX_FILE_LEN: u64 = 8 * 1024 * 1024;
 
 struct Entry {
-    password: String,
+    password: Zeroizing<String>,
     /// The line's sealed form, kept so that saving leaves untouched entries
     /// byte-for-byte as they were.
     sealed: String,
-}
-
-impl Drop for Entry {
-    fn drop(&mut self) {
-        // into_bytes hands over the same allocation, so the wipe reaches
-        // the bytes the password occupied.
-        wipe(&mut std::mem::take(&mut self.password).into_bytes());
-    }
 }
 
 /// The decrypted contents of a users file, and the key to re-seal with.
@@ -79,7 +73,7 @@ impl Users {
     }
 
     fn read_from(file: File, path: &Path, key: &MasterKey) -> Result<Self, VaultError> {
-        let mut text = String::new();
+        let mut text = Zeroizing::new(String::new());
         file.take(MAX_FILE_LEN + 1)
             .read_to_string(&mut text)
             .map_err(|e| VaultError::io("read", path, e))?;
@@ -127,7 +121,6 @@ impl Users {
                 },
             );
         }
-        wipe_string(text);
         Ok(users)
     }
 
@@ -194,7 +187,7 @@ impl Users {
         self.entries.insert(
             user.to_owned(),
             Entry {
-                password: password.to_owned(),
+                password: Zeroizing::new(password.to_owned()),
                 sealed,
             },
         );
@@ -244,8 +237,7 @@ fn check_password(password: &str) -> Result<(), VaultError> {
 
 /// `base64(nonce ‖ ciphertext ‖ tag)`, the user name as associated data.
 fn seal(key: &MasterKey, user: &str, password: &str) -> Result<String, VaultError> {
-    let mut nonce = [0u8; NONCE_LEN];
-    openssl::rand::rand_bytes(&mut nonce)?;
+    let nonce: [u8; NONCE_LEN] = random::bytes()?;
     let mut tag = [0u8; TAG_LEN];
     let ciphertext = encrypt_aead(
         Cipher::aes_256_gcm(),
@@ -267,7 +259,7 @@ enum OpenFailure {
     Crypto(openssl::error::ErrorStack),
 }
 
-fn open(key: &MasterKey, user: &str, sealed: &str) -> Result<String, OpenFailure> {
+fn open(key: &MasterKey, user: &str, sealed: &str) -> Result<Zeroizing<String>, OpenFailure> {
     let blob = B64
         .decode(sealed.trim_end())
         .map_err(|_| OpenFailure::Format("encrypted password is not base64"))?;
@@ -279,7 +271,7 @@ fn open(key: &MasterKey, user: &str, sealed: &str) -> Result<String, OpenFailure
     }
     let (nonce, rest) = blob.split_at(NONCE_LEN);
     let (ciphertext, tag) = rest.split_at(rest.len() - TAG_LEN);
-    let mut plain = decrypt_aead(
+    let plain = decrypt_aead(
         Cipher::aes_256_gcm(),
         key.as_bytes(),
         Some(nonce),
@@ -289,20 +281,14 @@ fn open(key: &MasterKey, user: &str, sealed: &str) -> Result<String, OpenFailure
     )
     .map_err(OpenFailure::Crypto)?;
     match String::from_utf8(plain) {
-        Ok(s) => Ok(s),
+        Ok(s) => Ok(Zeroizing::new(s)),
         Err(e) => {
             // Authenticated, so written by a tool other than ours; the
             // bytes are still secret.
-            plain = e.into_bytes();
-            wipe(&mut plain);
+            drop(Zeroizing::new(e.into_bytes()));
             Err(OpenFailure::Format("decrypted password is not UTF-8"))
         }
     }
-}
-
-fn wipe_string(s: String) {
-    let mut b = s.into_bytes();
-    wipe(&mut b);
 }
 
 /// Writes `data` to a new file beside `path` (mode 0600, synced) and renames
@@ -360,7 +346,7 @@ mod tests {
         let k = key(1);
         for pw in ["secret", "pässwörd ✓", &"x".repeat(MAX_PASSWORD_LEN)] {
             let sealed = seal(&k, "alice", pw).unwrap();
-            assert_eq!(open(&k, "alice", &sealed).ok().unwrap(), pw);
+            assert_eq!(open(&k, "alice", &sealed).ok().unwrap().as_str(), pw);
             let blob = B64.decode(&sealed).unwrap();
             assert_eq!(blob.len(), NONCE_LEN + pw.len() + TAG_LEN);
         }

@@ -7,7 +7,8 @@ use std::os::fd::{BorrowedFd, RawFd};
 use std::time::Instant;
 
 use super::attach::{self, Sockets};
-use super::{client_auth, Context, WorkerError};
+use super::{Context, WorkerError};
+use crate::auth::client as client_auth;
 use crate::auth::proof::AuthProof;
 use crate::pipeline::params::Params;
 use crate::pool::{self, Acquired, Verdict, Want};

@@ -12,27 +12,14 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::protocol::{self, tag::backend};
+use crate::random::{self, RandomError};
 use crate::segment::Segment;
 use crate::slot::SlotState;
 
-/// A fresh secret from the kernel's generator; zero is avoided because
-/// an empty slot's key is zero.
-pub fn new_secret() -> i32 {
-    let mut b = [0u8; 4];
-    // SAFETY: getrandom fills the 4-byte buffer we pass.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr() as *mut libc::c_void, b.len(), 0) };
-    let v = if n == 4 {
-        i32::from_ne_bytes(b)
-    } else {
-        // Only without getrandom (pre-3.17 kernels): time and pid, weak
-        // but never zero.
-        (crate::pool::now_ms() as i32) ^ (std::process::id() as i32).rotate_left(16)
-    };
-    if v == 0 {
-        1
-    } else {
-        v
-    }
+/// A fresh random secret; zero is avoided because an empty slot's key is
+/// zero.
+pub fn new_secret() -> Result<i32, RandomError> {
+    random::nonzero_i32()
 }
 
 /// Copies the server's start-up messages for a client, with the server's
@@ -128,8 +115,8 @@ mod tests {
 
     #[test]
     fn secrets_are_not_zero_and_vary() {
-        let a = new_secret();
-        let b = new_secret();
+        let a = new_secret().unwrap();
+        let b = new_secret().unwrap();
         assert_ne!(a, 0);
         assert_ne!(a, b);
     }

@@ -4,21 +4,17 @@
 pub mod acquire;
 pub mod attach;
 pub mod cancel;
-pub mod client_auth;
-pub mod client_startup;
-pub mod io;
 pub mod session;
 pub mod signals;
 pub mod transaction;
-
-/// What a pass-through client proved lives with the authentication code.
-pub use crate::auth::proof as auth_proof;
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::auth::{AuthError, Credentials};
 use crate::config::Config;
+use crate::fdio as io;
 use crate::management::ManagementError;
 use crate::pipeline::performance::Performance;
 use crate::pipeline::prepared::Rewriter;
@@ -31,7 +27,6 @@ use crate::protocol::{sqlstate, ErrorResponse, ProtocolError};
 use crate::segment::Segment;
 use crate::server::session::SessionError;
 use crate::server::{FillError, ServerError};
-use client_auth::{AuthError, Credentials};
 use session::Session;
 use transaction::WorkerAttach;
 
@@ -81,6 +76,8 @@ pub enum WorkerError {
     Fill(#[from] FillError),
     #[error("setting session parameters on the server: {0}")]
     ParameterSync(#[source] SessionError),
+    #[error("cancel key: {0}")]
+    Random(#[from] crate::random::RandomError),
 }
 
 impl WorkerError {
@@ -116,7 +113,7 @@ impl WorkerError {
             ),
             WorkerError::Server(_) => fatal(sqlstate::CONNECTION_FAILURE, self.to_string()),
             WorkerError::ParameterSync(_) => fatal(sqlstate::CONNECTION_FAILURE, self.to_string()),
-            WorkerError::Management(_) | WorkerError::Fill(_) => {
+            WorkerError::Management(_) | WorkerError::Fill(_) | WorkerError::Random(_) => {
                 fatal(sqlstate::INTERNAL_ERROR, self.to_string())
             }
         })

@@ -7,10 +7,10 @@ use std::time::Instant;
 
 use super::acquire::{self, Held, Request};
 use super::attach::{self, Sockets};
-use super::client_auth::{self, Admission, AuthError};
-use super::client_startup::{self, ClientStart};
 use super::transaction::{SlotStatements, WorkerAttach};
 use super::{cancel, io, Context, Peer, WorkerError};
+use crate::auth::client::{self as client_auth, Admission, AuthError};
+use crate::auth::startup::{self as client_startup, ClientStart};
 use crate::config::PipelineKind;
 use crate::pipeline::params::Params;
 use crate::pipeline::prepared::Rewriter;
@@ -51,17 +51,18 @@ impl<'a> Session<'a> {
         if crate::management::disabled::refuse(ctx.segment, client, &database) {
             return Ok(None);
         }
-        let admission = match client_auth::admit(ctx.credentials, client, peer, &user, &database) {
-            Ok(a) => a,
-            Err(AuthError::Client(ProtocolError::Io(e)))
-                if e.kind() == std::io::ErrorKind::WouldBlock =>
-            {
-                return Err(WorkerError::StartupTimeout(
-                    ctx.config.main.authentication_timeout,
-                ))
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let admission =
+            match client_auth::admit(ctx.credentials, client, peer.addr, &user, &database) {
+                Ok(a) => a,
+                Err(AuthError::Client(ProtocolError::Io(e)))
+                    if e.kind() == std::io::ErrorKind::WouldBlock =>
+                {
+                    return Err(WorkerError::StartupTimeout(
+                        ctx.config.main.authentication_timeout,
+                    ))
+                }
+                Err(e) => return Err(e.into()),
+            };
         let limit = ctx.config.limit_for(&database, &user).map(|(i, _)| i);
         Ok(Some(Session {
             ctx,
@@ -125,7 +126,14 @@ impl<'a> Session<'a> {
             return Ok(());
         };
         let slot = &self.ctx.segment.slots()[held.index];
-        self.secret = cancel::new_secret();
+        self.secret = match cancel::new_secret() {
+            Ok(s) => s,
+            Err(e) => {
+                // Nothing was sent on the connection: it is clean.
+                self.give_back(Verdict::Clean);
+                return Err(e.into());
+            }
+        };
         slot.set_client_key(self.secret);
         let mut out = Vec::with_capacity(1024);
         protocol::authentication_ok(&mut out);

@@ -8,7 +8,8 @@ use std::os::fd::{BorrowedFd, RawFd};
 
 use super::acquire::{self, Held, Request};
 use super::attach::Sockets;
-use super::{client_auth::Admission, Context, WorkerError};
+use super::{Context, WorkerError};
+use crate::auth::Admission;
 use crate::pipeline::params::{self, Params};
 use crate::pipeline::prepared::{self, ServerStatements};
 use crate::pipeline::transaction::Attach;
@@ -66,7 +67,7 @@ impl WorkerAttach<'_> {
         };
         // SAFETY: the slot's socket, open while we hold the slot (`Held`).
         let server = unsafe { BorrowedFd::borrow_raw(held.fd) };
-        if let Err(e) = super::io::set_nonblocking(server, true) {
+        if let Err(e) = crate::fdio::set_nonblocking(server, true) {
             self.close(held.index);
             return Err(WorkerError::ClientProtocol(e.into()));
         }

@@ -3,60 +3,27 @@
 //! server decides (pass-through), with a pooled connection handed to a later
 //! client only once it proved what the first one proved.
 
-use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::os::fd::BorrowedFd;
 
-use super::auth_proof::AuthProof;
-use super::io::{write_all, FdIo};
-use super::Peer;
-use crate::auth::hba::{ConnKind, Hba, Method};
-use crate::auth::scram::{self, ScramServer, ScramVerifier};
-use crate::auth::{constant_time_eq, md5, password_failed_message};
+use super::hba::{ConnKind, Method};
+use super::proof::AuthProof;
+use super::scram::{self, ScramServer, ScramVerifier};
+use super::{constant_time_eq, md5, password_failed_message};
+use zeroize::Zeroizing;
+
+use super::credentials::Credentials;
+use crate::fdio::{write_all, FdIo};
 use crate::protocol::tag::frontend as frontend_tag;
 use crate::protocol::{self, sqlstate, AuthRequest, ErrorResponse, ProtocolError};
-
-/// Loaded by the supervisor before it forks, so workers inherit it.
-#[derive(Debug, Default, Clone)]
-pub struct Credentials {
-    pub hba: Option<Hba>,
-    /// Vault: passwords pgcorral uses towards PostgreSQL.
-    pub server_passwords: HashMap<String, String>,
-    /// Frontend vault: passwords clients give pgcorral, when different.
-    pub client_passwords: HashMap<String, String>,
-    /// SCRAM verifiers of the passwords clients give, made once at load:
-    /// deriving one costs thousands of PBKDF2 rounds.
-    pub client_verifiers: HashMap<String, ScramVerifier>,
-    /// Remote management: administrators' verifiers (admins_file).
-    pub admin_verifiers: HashMap<String, ScramVerifier>,
-}
-
-impl Credentials {
-    /// The password a vault user gives pgcorral.
-    pub fn client_password<'a>(&'a self, user: &str) -> Option<&'a String> {
-        self.client_passwords
-            .get(user)
-            .or_else(|| self.server_passwords.get(user))
-    }
-
-    /// Builds the verifiers for every vault user.
-    pub fn with_verifiers(mut self) -> Result<Self, crate::auth::ScramError> {
-        let mut verifiers = HashMap::new();
-        for user in self.server_passwords.keys() {
-            if let Some(pw) = self.client_password(user) {
-                verifiers.insert(user.clone(), ScramVerifier::generate(pw.as_bytes())?);
-            }
-        }
-        self.client_verifiers = verifiers;
-        Ok(self)
-    }
-}
+use crate::random::{self, RandomError};
 
 /// The outcome of admission.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admission {
     /// A vault user whose password pgcorral checked (or whom hba trusts):
     /// pgcorral logs in to PostgreSQL with the vault password.
-    Vault { server_password: String },
+    Vault { server_password: Zeroizing<String> },
     /// Not in the vault: PostgreSQL decides. `trusted` when hba says trust,
     /// which lets the client use a pooled connection without a password.
     PassThrough { trusted: bool },
@@ -72,6 +39,12 @@ pub enum AuthError {
     Client(#[from] ProtocolError),
     #[error("authentication: {0}")]
     Internal(String),
+    #[error("authentication: {0}")]
+    Random(#[from] RandomError),
+    #[error("authentication: {0}")]
+    Scram(#[from] scram::ScramError),
+    #[error("authentication: {0}")]
+    Md5(#[from] md5::Md5Error),
 }
 
 impl AuthError {
@@ -86,6 +59,9 @@ impl AuthError {
             AuthError::Client(ProtocolError::Eof | ProtocolError::Io(_)) => return None,
             AuthError::Client(e) => ErrorResponse::fatal(e.sqlstate(), e.to_string()),
             AuthError::Internal(m) => ErrorResponse::fatal(sqlstate::INTERNAL_ERROR, m.clone()),
+            AuthError::Random(_) | AuthError::Scram(_) | AuthError::Md5(_) => {
+                ErrorResponse::fatal(sqlstate::INTERNAL_ERROR, self.to_string())
+            }
         })
     }
 }
@@ -96,14 +72,14 @@ const MAX_ANSWER: usize = 16 * 1024;
 pub fn admit(
     creds: &Credentials,
     client: BorrowedFd<'_>,
-    peer: &Peer,
+    peer: Option<SocketAddr>,
     user: &str,
     database: &str,
 ) -> Result<Admission, AuthError> {
     let method = match &creds.hba {
         None => Method::All,
         Some(hba) => {
-            let conn = match peer.addr {
+            let conn = match peer {
                 Some(a) => ConnKind::Host {
                     addr: a.ip(),
                     ssl: false,
@@ -111,7 +87,6 @@ pub fn admit(
                 None => ConnKind::Local,
             };
             let host = peer
-                .addr
                 .map(|a| format!("host \"{}\"", a.ip()))
                 .unwrap_or_else(|| "local connection".to_string());
             let rule = hba.find(conn, database, user).ok_or_else(|| {
@@ -148,8 +123,7 @@ pub fn admit(
         Method::ScramSha256 | Method::All => {
             let verifier = match creds.client_verifiers.get(user) {
                 Some(v) => v.clone(),
-                None => ScramVerifier::generate(expected.as_bytes())
-                    .map_err(|e| AuthError::Internal(e.to_string()))?,
+                None => ScramVerifier::generate(expected.as_bytes())?,
             };
             check_scram(client, user, &verifier)?
         }
@@ -207,14 +181,16 @@ fn send_request(client: BorrowedFd<'_>, request: &AuthRequest) -> Result<(), Aut
     write_all(client, &out).map_err(|e| AuthError::Client(e.into()))
 }
 
-fn read_answer(client: BorrowedFd<'_>) -> Result<Vec<u8>, AuthError> {
+/// A password message's body: a password, an md5 response or a SASL
+/// message, wiped when dropped.
+fn read_answer(client: BorrowedFd<'_>) -> Result<Zeroizing<Vec<u8>>, AuthError> {
     let msg = protocol::read_message(&mut FdIo(client), MAX_ANSWER)?;
     if msg.tag != frontend_tag::PASSWORD {
         return Err(AuthError::Client(ProtocolError::Malformed {
             what: "authentication: expected a password message",
         }));
     }
-    Ok(msg.body)
+    Ok(Zeroizing::new(msg.body))
 }
 
 fn check_cleartext(client: BorrowedFd<'_>, user: &str, expected: &str) -> Result<(), AuthError> {
@@ -229,13 +205,11 @@ fn check_cleartext(client: BorrowedFd<'_>, user: &str, expected: &str) -> Result
 }
 
 fn check_md5(client: BorrowedFd<'_>, user: &str, expected: &str) -> Result<(), AuthError> {
-    let mut salt = [0u8; 4];
-    openssl::rand::rand_bytes(&mut salt).map_err(|e| AuthError::Internal(e.to_string()))?;
+    let salt = random::bytes()?;
     send_request(client, &AuthRequest::Md5Password { salt })?;
     let answer = read_answer(client)?;
     let given = answer.strip_suffix(&[0]).unwrap_or(&answer);
-    let want = md5::md5_response(expected.as_bytes(), user, &salt)
-        .map_err(|e| AuthError::Internal(e.to_string()))?;
+    let want = md5::md5_response(expected.as_bytes(), user, &salt)?;
     if md5::responses_match(want.as_bytes(), given) {
         Ok(())
     } else {
@@ -271,4 +245,22 @@ pub fn check_scram(
         .client_final(&last)
         .map_err(|_| AuthError::BadPassword(user.to_string()))?;
     send_request(client, &AuthRequest::SaslFinal(server_final))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_random_numbers_ends_the_client_with_an_internal_error() {
+        let e = AuthError::from(random::failure());
+        let resp = e.response().unwrap();
+        assert_eq!(resp.code, sqlstate::INTERNAL_ERROR);
+        assert!(
+            resp.message.contains("no random numbers available"),
+            "{}",
+            resp.message
+        );
+        assert!(std::error::Error::source(&e).is_some());
+    }
 }

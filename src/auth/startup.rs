@@ -1,10 +1,10 @@
 //! The client's first packets: encryption requests are declined, the
 //! protocol version is negotiated down to 3.0, and the startup message is
-//! returned to the worker.
+//! returned to the caller (a worker, or a remote management process).
 
 use std::os::fd::BorrowedFd;
 
-use super::io::{write_all, FdIo};
+use crate::fdio::{write_all, FdIo};
 use crate::protocol::{self, ProtocolError, StartupMessage, StartupRequest};
 
 pub enum ClientStart {
