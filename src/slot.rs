@@ -644,6 +644,146 @@ mod tests {
         assert!(seg.limits()[0].active() as usize <= SLOTS);
     }
 
+    /// Names as `status` and `flush DB` read them, from another process.
+    fn read_names(slot: &Slot) -> Option<(Vec<u8>, Vec<u8>)> {
+        let (d, u) = slot.identity();
+        Some((d.to_vec(), u.to_vec()))
+    }
+
+    /// The identities the stress test writes: each name is one repeated
+    /// byte, database and user differ in byte and length, so a torn read
+    /// (bytes of two writes, or a length from another) shows as a pair
+    /// that is not in this list.
+    fn stress_identity(i: usize) -> (String, String) {
+        const LENGTHS: [usize; 6] = [1, 63, 7, 40, 2, 25];
+        let db = char::from(b'a' + i as u8).to_string().repeat(LENGTHS[i]);
+        let user = char::from(b'A' + i as u8)
+            .to_string()
+            .repeat(LENGTHS[(i + 3) % 6]);
+        (db, user)
+    }
+
+    /// Forked workers take slots for six identities (evicting each other's
+    /// idle connections, so names are rewritten all the time) while another
+    /// process reads every slot's names as `status` does: each read is
+    /// either nothing yet or exactly one identity that was written.
+    #[test]
+    fn names_read_by_another_process_are_never_torn() {
+        use crate::pool::{self, Acquired, Want};
+        use crate::segment::Segment;
+        use std::sync::atomic::{AtomicU32, Ordering};
+
+        const SLOTS: usize = 3;
+        const WRITERS: usize = 4;
+        const ROUNDS: usize = 4000;
+        let seg = Segment::create(SLOTS, &[]).unwrap();
+        // counters[0]: writers still running; [1]: torn reads; [2]: reads
+        // that saw a name; [3]: unreadable (seqlock never settled).
+        let len = std::mem::size_of::<AtomicU32>() * 4;
+        // SAFETY: a fresh anonymous shared mapping of `len` bytes, zeroed by
+        // the kernel; unmapped at the end of the test.
+        let mem = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(mem, libc::MAP_FAILED);
+        // SAFETY: the mapping holds 4 zeroed u32s, valid AtomicU32s.
+        let counters = unsafe { std::slice::from_raw_parts(mem as *const AtomicU32, 4) };
+        counters[0].store(WRITERS as u32, Ordering::SeqCst);
+        let names: Vec<(String, String)> = (0..6).map(stress_identity).collect();
+
+        let mut children = Vec::new();
+        // SAFETY: the reader child only reads the segment and bumps atomic
+        // counters (its allocations happen before the fork or are its own
+        // heap, copied at fork), then leaves with _exit.
+        let reader = unsafe { libc::fork() };
+        assert!(reader >= 0);
+        if reader == 0 {
+            loop {
+                let writing = counters[0].load(Ordering::SeqCst) > 0;
+                for slot in seg.slots() {
+                    match read_names(slot) {
+                        None => {
+                            counters[3].fetch_add(1, Ordering::AcqRel);
+                        }
+                        Some((d, u)) if d.is_empty() && u.is_empty() => {}
+                        Some((d, u)) => {
+                            counters[2].fetch_add(1, Ordering::AcqRel);
+                            if !names
+                                .iter()
+                                .any(|(nd, nu)| nd.as_bytes() == d && nu.as_bytes() == u)
+                            {
+                                counters[1].fetch_add(1, Ordering::AcqRel);
+                            }
+                        }
+                    }
+                }
+                if !writing {
+                    // SAFETY: as for the writers below.
+                    unsafe { libc::_exit(0) };
+                }
+            }
+        }
+        children.push(reader);
+        for w in 0..WRITERS {
+            // SAFETY: as in `forked_processes_never_own_a_slot_twice`; the
+            // names were built before the fork.
+            let pid = unsafe { libc::fork() };
+            assert!(pid >= 0);
+            if pid == 0 {
+                // SAFETY: getpid has no preconditions.
+                let me = unsafe { libc::getpid() };
+                for round in 0..ROUNDS {
+                    let (db, user) = &names[(round * 7 + w * 5) % names.len()];
+                    let want = Want {
+                        database: db,
+                        user,
+                        limit: None,
+                        server: 0,
+                    };
+                    let Some(got) = pool::try_acquire(&seg, want, me) else {
+                        std::hint::spin_loop();
+                        continue;
+                    };
+                    match got {
+                        Acquired::New(i) => {
+                            pool::publish_new(&seg, i, me);
+                            pool::release(&seg, i, me);
+                        }
+                        Acquired::Pooled(i) => {
+                            pool::release(&seg, i, me);
+                        }
+                    }
+                }
+                counters[0].fetch_sub(1, Ordering::SeqCst);
+                // SAFETY: _exit ends the child without running the parent's
+                // destructors or the test harness's atexit handlers.
+                unsafe { libc::_exit(0) };
+            }
+            children.push(pid);
+        }
+        for pid in children {
+            let mut status = 0;
+            // SAFETY: waiting on our own child with a valid status pointer.
+            assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+            assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+        }
+        let torn = counters[1].load(Ordering::Acquire);
+        let seen = counters[2].load(Ordering::Acquire);
+        let unreadable = counters[3].load(Ordering::Acquire);
+        // SAFETY: unmapping the mapping created above; `counters` is unused after.
+        unsafe { libc::munmap(mem, len) };
+        assert_eq!(torn, 0, "torn names read ({seen} reads)");
+        assert_eq!(unreadable, 0, "a name could not be read");
+        assert!(seen > 0, "the reader never saw a name");
+    }
+
     #[test]
     fn prepared_set_evicts_the_least_recently_used() {
         let s = fresh();
