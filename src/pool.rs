@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::segment::Segment;
-use crate::slot::{identity_key, SlotState, NO_OWNER};
+use crate::slot::{identity_key, Slot, SlotState, NO_OWNER};
 
 /// What a client needs a server connection for.
 #[derive(Debug, Clone, Copy)]
@@ -16,6 +16,9 @@ pub struct Want<'a> {
     pub user: &'a str,
     /// The `[[limit]]` rule that caps connections for this database and user.
     pub limit: Option<usize>,
+    /// The server to connect to: the segment's primary as the caller read
+    /// it (`Segment::primary`). A slot recorded for a server that is no
+    /// longer the primary is stale, whatever the caller asked.
     pub server: u32,
 }
 
@@ -73,14 +76,27 @@ pub fn acquire(
     }
 }
 
+/// Whether the slot's connection is to the current primary and was opened
+/// since the last `switch-to`. A stale connection is never handed out nor
+/// pooled again; the supervisor closes it.
+pub fn is_current(seg: &Segment, slot: &Slot) -> bool {
+    let primary = seg.primary();
+    slot.server() == primary.server && slot.epoch() == primary.epoch
+}
+
 /// One pass over the slots: reuse, else create within the limits.
 pub fn try_acquire(seg: &Segment, want: Want<'_>, me: i32) -> Option<Acquired> {
     let key = identity_key(want.database, want.user);
     for (i, slot) in seg.slots().iter().enumerate() {
-        if slot.key() != key || slot.state() != SlotState::Free {
+        if slot.key() != key || slot.state() != SlotState::Free || !is_current(seg, slot) {
             continue;
         }
         if !slot.try_take_free(me) {
+            continue;
+        }
+        if !is_current(seg, slot) {
+            // A switch in between: the supervisor closes it.
+            let _ = slot.transition(SlotState::InUse, me, SlotState::Remove, NO_OWNER);
             continue;
         }
         // The key is a hash read before we owned the slot: confirm the names
@@ -113,15 +129,31 @@ pub fn try_acquire(seg: &Segment, want: Want<'_>, me: i32) -> Option<Acquired> {
 fn reserve_empty(seg: &Segment, want: Want<'_>, me: i32) -> Option<usize> {
     for (i, slot) in seg.slots().iter().enumerate() {
         if slot.state() == SlotState::NotInit && slot.try_reserve(me) {
-            slot.set_identity(want.database, want.user, want.limit, want.server, now_ms());
+            stamp(seg, slot, want);
             return Some(i);
         }
     }
     None
 }
 
+/// Records `want` in a slot the caller just reserved, with the epoch of the
+/// primary now: if `want.server` is not that primary, the slot is stale
+/// from the start and goes to REMOVE when given back.
+fn stamp(seg: &Segment, slot: &Slot, want: Want<'_>) {
+    let epoch = seg.primary().epoch;
+    slot.set_identity(
+        want.database,
+        want.user,
+        want.limit,
+        want.server,
+        epoch,
+        now_ms(),
+    );
+}
+
 /// Takes over the least recently used idle connection of another database or
-/// user, so that a full pool of idle connections cannot starve a newcomer.
+/// user (or a stale one of any), so that a full pool of idle connections
+/// cannot starve a newcomer.
 fn evict_idle(seg: &Segment, want: Want<'_>, me: i32) -> Option<usize> {
     let key = identity_key(want.database, want.user);
     loop {
@@ -129,7 +161,9 @@ fn evict_idle(seg: &Segment, want: Want<'_>, me: i32) -> Option<usize> {
             .slots()
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.state() == SlotState::Free && s.key() != key)
+            .filter(|(_, s)| {
+                s.state() == SlotState::Free && (s.key() != key || !is_current(seg, s))
+            })
             .min_by_key(|(_, s)| s.last_used_ms())
             .map(|(i, _)| i)?;
         let slot = &seg.slots()[victim];
@@ -137,7 +171,7 @@ fn evict_idle(seg: &Segment, want: Want<'_>, me: i32) -> Option<usize> {
             if let Some(old) = seg.limit(slot.limit_index()) {
                 old.release();
             }
-            slot.set_identity(want.database, want.user, want.limit, want.server, now_ms());
+            stamp(seg, slot, want);
             return Some(victim);
         }
     }
@@ -161,6 +195,7 @@ pub fn abandon_new(seg: &Segment, index: usize, me: i32) {
         return;
     }
     slot.clear_flags();
+    slot.clear_backend();
     if slot
         .transition(SlotState::Init, me, SlotState::NotInit, NO_OWNER)
         .is_ok()
@@ -173,13 +208,13 @@ pub fn abandon_new(seg: &Segment, index: usize, me: i32) {
 }
 
 /// The connection is idle and clean: back to the pool, unless it was
-/// flushed while in use (`Slot::close_on_release`): then the supervisor
-/// closes it (REMOVE).
+/// flushed while in use (`Slot::close_on_release`) or is stale
+/// (`is_current`): then the supervisor closes it (REMOVE).
 pub fn release(seg: &Segment, index: usize, me: i32) -> bool {
     let Some(slot) = seg.slots().get(index) else {
         return false;
     };
-    if slot.close_on_release() {
+    if slot.close_on_release() || !is_current(seg, slot) {
         return discard(seg, index, me);
     }
     slot.touch(now_ms());
@@ -300,13 +335,14 @@ fn empty(seg: &Segment, index: usize, from: SlotState, owner: i32) -> bool {
         return false;
     }
     // Only the holder gets here, and nobody can take the slot before the
-    // swap below publishes it empty.
+    // swap below publishes it empty: everything that belonged to the
+    // connection is cleared first, never after.
     slot.clear_flags();
+    slot.clear_backend();
     let ok = slot
         .transition(from, owner, SlotState::NotInit, NO_OWNER)
         .is_ok();
     if ok {
-        slot.set_backend(0, 0);
         if let Some(l) = seg.limit(limit) {
             l.release();
         }

@@ -4,6 +4,11 @@
 //! Layout (offsets in bytes; no pointers inside, only indices):
 //! `0` header · `HEADER_SIZE` limit records · `DISABLED_OFFSET` disabled
 //! databases · `SLOTS_OFFSET` slots.
+//!
+//! Runtime state that every process must agree on lives here, not in each
+//! process's copy of the configuration: the primary server (an index into
+//! the servers in configuration order) and an epoch that `switch-to` bumps,
+//! read by workers forked long before the switch.
 //! The memfd (rather than anonymous memory) lets another process map the same
 //! pages: a test or a status tool through `/proc/PID/fd`, and later a new
 //! supervisor taking over at upgrade.
@@ -12,7 +17,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use memmap2::MmapRaw;
@@ -23,7 +28,7 @@ use crate::slot::Slot;
 pub const MAGIC: [u8; 8] = *b"PGCORRAL";
 /// Bumped whenever the layout changes, so that an incompatible process
 /// refuses to attach instead of misreading the slots.
-pub const VERSION: u32 = 5;
+pub const VERSION: u32 = 6;
 /// The memfd's name; `/proc/PID/fd` shows it as `/memfd:pgcorral (deleted)`.
 pub const MEMFD_NAME: &str = "pgcorral";
 pub const MAX_SLOTS: usize = 10_000;
@@ -70,6 +75,33 @@ struct Header {
     /// futex syscall only when somebody waits.
     waiters: AtomicU32,
     shutting_down: AtomicU32,
+    /// The primary server's index (low 32 bits) and the epoch (high 32
+    /// bits), in one word so that a reader gets a pair that was current
+    /// together.
+    primary: AtomicU64,
+}
+
+/// The server new connections go to, and which switch made it primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Primary {
+    /// Index into the configured servers, in configuration order.
+    pub server: u32,
+    /// Bumped by every `switch-to`; a slot opened under an older epoch is
+    /// stale.
+    pub epoch: u32,
+}
+
+impl Primary {
+    fn pack(self) -> u64 {
+        (u64::from(self.epoch) << 32) | u64::from(self.server)
+    }
+
+    fn unpack(word: u64) -> Self {
+        Primary {
+            server: word as u32,
+            epoch: (word >> 32) as u32,
+        }
+    }
 }
 
 /// Live count of server connections charged to one `[[limit]]` rule.
@@ -263,6 +295,35 @@ impl Segment {
         self.header().supervisor_pid.load(Ordering::Acquire)
     }
 
+    /// The current primary server and epoch. SeqCst, like the switch, so
+    /// that a worker giving back a slot and the supervisor switching cannot
+    /// both miss each other (see `switch_primary`).
+    pub fn primary(&self) -> Primary {
+        Primary::unpack(self.header().primary.load(Ordering::SeqCst))
+    }
+
+    /// Supervisor only: makes `server` the primary and starts a new epoch,
+    /// so that every connection opened before is stale. Returns the new
+    /// pair. The supervisor then looks at every slot; a worker that gave
+    /// one back concurrently read the primary after its state swap, and
+    /// with both sides sequentially consistent at least one of them sees
+    /// the other's write.
+    pub fn switch_primary(&self, server: u32) -> Primary {
+        let word = &self.header().primary;
+        let mut now = Primary::unpack(word.load(Ordering::SeqCst));
+        loop {
+            let next = Primary {
+                server,
+                epoch: now.epoch.wrapping_add(1),
+            };
+            match word.compare_exchange(now.pack(), next.pack(), Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => return next,
+                Err(actual) => now = Primary::unpack(actual),
+            }
+        }
+    }
+
     pub fn set_shutting_down(&self) {
         self.header().shutting_down.store(1, Ordering::Release);
         self.notify();
@@ -275,26 +336,42 @@ impl Segment {
     /// Read before scanning the slots; pass to `wait_for_change` so that a
     /// release between the scan and the wait is not missed.
     pub fn wake_seq(&self) -> u32 {
-        self.header().wake_seq.load(Ordering::Acquire)
+        self.header().wake_seq.load(Ordering::SeqCst)
     }
 
     /// Tells waiting workers that a slot may have become available.
+    ///
+    /// The notifier writes `wake_seq` then reads `waiters`; a waiter writes
+    /// `waiters` then reads `wake_seq`. With only acquire/release, both
+    /// reads may see the old values (each write still sits in its core's
+    /// store buffer): the notifier skips the wake and the waiter sleeps on
+    /// a sequence that already moved, for a whole nap. With all four
+    /// accesses SeqCst they fall in one total order, so at least one side
+    /// sees the other's write: the notifier wakes, or the waiter does not
+    /// sleep. (The kernel re-checks `wake_seq` under its own lock before
+    /// sleeping, which covers a bump after the waiter's read.)
     pub fn notify(&self) {
         let h = self.header();
-        h.wake_seq.fetch_add(1, Ordering::AcqRel);
-        if h.waiters.load(Ordering::Acquire) > 0 {
+        h.wake_seq.fetch_add(1, Ordering::SeqCst);
+        if h.waiters.load(Ordering::SeqCst) > 0 {
             futex_wake(&h.wake_seq);
         }
     }
 
     /// Sleeps until `notify` is called after `seen` was read, or `timeout`.
+    /// Ordering: see `notify`.
     pub fn wait_for_change(&self, seen: u32, timeout: Duration) {
         let h = self.header();
-        h.waiters.fetch_add(1, Ordering::AcqRel);
-        if h.wake_seq.load(Ordering::Acquire) == seen {
+        h.waiters.fetch_add(1, Ordering::SeqCst);
+        if h.wake_seq.load(Ordering::SeqCst) == seen {
             futex_wait(&h.wake_seq, seen, timeout);
         }
-        h.waiters.fetch_sub(1, Ordering::AcqRel);
+        h.waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// How many processes sleep in `wait_for_change` now.
+    pub fn waiters(&self) -> u32 {
+        self.header().waiters.load(Ordering::SeqCst)
     }
 
     pub fn memfd(&self) -> &File {
@@ -399,19 +476,80 @@ mod tests {
     }
 
     #[test]
-    fn wait_returns_on_timeout_and_on_stale_sequence() {
-        let seg = Segment::create(1, &[]).unwrap();
+    fn a_stale_sequence_does_not_sleep_and_a_timeout_returns() {
+        let seg = std::sync::Arc::new(Segment::create(1, &[]).unwrap());
         let seen = seg.wake_seq();
         seg.notify();
-        let t = std::time::Instant::now();
-        seg.wait_for_change(seen, Duration::from_secs(5));
-        assert!(
-            t.elapsed() < Duration::from_secs(1),
-            "stale sequence waited"
-        );
+        // Would sleep the whole hour if the bump were missed.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sleeper = seg.clone();
+        std::thread::spawn(move || {
+            sleeper.wait_for_change(seen, Duration::from_secs(3600));
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(Duration::from_secs(600))
+            .expect("slept on a sequence that had moved");
+        assert_eq!(seg.waiters(), 0);
         let seen = seg.wake_seq();
-        let t = std::time::Instant::now();
-        seg.wait_for_change(seen, Duration::from_millis(50));
-        assert!(t.elapsed() >= Duration::from_millis(40));
+        seg.wait_for_change(seen, Duration::from_millis(1));
+        assert_eq!(seg.waiters(), 0, "a timed-out waiter is no longer counted");
+        assert_eq!(seg.wake_seq(), seen, "nothing was notified");
+    }
+
+    /// A sleeping waiter is counted while it sleeps and woken by `notify`;
+    /// it sleeps with a timeout far beyond the test's patience, so only the
+    /// wake can end it in time.
+    #[test]
+    fn notify_wakes_a_sleeping_waiter() {
+        let seg = std::sync::Arc::new(Segment::create(1, &[]).unwrap());
+        let seen = seg.wake_seq();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = {
+            let seg = seg.clone();
+            std::thread::spawn(move || {
+                seg.wait_for_change(seen, Duration::from_secs(3600));
+                let _ = tx.send(());
+            })
+        };
+        while seg.waiters() == 0 {
+            std::thread::yield_now();
+        }
+        seg.notify();
+        rx.recv_timeout(Duration::from_secs(600))
+            .expect("the waiter was not woken");
+        waiter.join().unwrap();
+        assert_eq!(seg.waiters(), 0);
+    }
+
+    #[test]
+    fn switching_the_primary_starts_a_new_epoch() {
+        let seg = Segment::create(1, &[]).unwrap();
+        assert_eq!(
+            seg.primary(),
+            Primary {
+                server: 0,
+                epoch: 0
+            }
+        );
+        assert_eq!(
+            seg.switch_primary(1),
+            Primary {
+                server: 1,
+                epoch: 1
+            }
+        );
+        let again = Segment::attach_file(seg.memfd().try_clone().unwrap()).unwrap();
+        assert_eq!(
+            again.primary(),
+            Primary {
+                server: 1,
+                epoch: 1
+            }
+        );
+        assert_eq!(
+            seg.switch_primary(1).epoch,
+            2,
+            "every switch is a new epoch"
+        );
     }
 }

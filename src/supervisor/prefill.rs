@@ -151,7 +151,7 @@ impl Prefill<'_> {
             database: &t.database,
             user: &t.user,
             limit: Some(t.rule),
-            server: 0,
+            server: self.segment.primary().server,
         };
         let i = pool::reserve_for_prefill(self.segment, want, me).ok_or(PrefillError::NoRoom)?;
         match self.connect_into(t, i, me, management) {
@@ -176,8 +176,9 @@ impl Prefill<'_> {
             Some(pw) => Login::Password(pw),
             None => Login::Trust,
         };
+        let server = self.config.server_at(self.segment.slots()[i].server());
         let (conn, _) = server_connect::connect(
-            self.config.primary_server(),
+            server,
             &t.user,
             &t.database,
             &[],

@@ -128,8 +128,10 @@ pub fn open_new(
 ) -> Result<RawFd, WorkerError> {
     let slot = &ctx.segment.slots()[index];
     let relayed = matches!(login, Login::Relay(_));
+    // The server the pool recorded for the slot: the segment's primary,
+    // which a `switch-to` changes for workers forked before it too.
     let (conn, proof) = server_connect::connect(
-        ctx.config.primary_server(),
+        ctx.config.server_at(slot.server()),
         startup.user().unwrap_or_default(),
         startup.database(),
         &startup.params,

@@ -36,7 +36,7 @@ impl WorkerAttach<'_> {
             database: &self.database,
             user: &self.user,
             limit: self.limit,
-            server: 0,
+            server: self.ctx.segment.primary().server,
         };
         let deadline = Instant::now() + self.ctx.config.main.blocking_timeout;
         let (index, fd) = loop {
