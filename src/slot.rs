@@ -29,6 +29,7 @@
 
 use std::cell::UnsafeCell;
 use std::sync::atomic::{fence, AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// PostgreSQL's NAMEDATALEN: database and role names are at most 63 bytes.
 pub const NAME_CAPACITY: usize = 64;
@@ -52,9 +53,10 @@ const NAME_WORDS: usize = NAME_CAPACITY / 8;
 /// Reads of the names that may find a write in progress before the reader
 /// starts yielding the processor to the writer.
 const NAME_SPINS: usize = 100;
-/// Then yields at most this often; only a writer that died in the middle
-/// of a write (the slot's next owner rewrites the names) exhausts it.
-const NAME_YIELDS: usize = 1000;
+/// Then yields, until the write ends; a write that has not ended after this
+/// long is taken for one whose writer died (the slot's next owner rewrites
+/// the names). A live writer's write is a few dozen stores.
+const DEAD_WRITER: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u32)]
@@ -194,7 +196,10 @@ impl Names {
     }
 
     fn load(&self) -> Option<Identity> {
-        for attempt in 0..NAME_SPINS + NAME_YIELDS {
+        // The odd sequence last seen, and since when: a writer that keeps
+        // the same one odd this long died in the middle of its write.
+        let mut stuck: Option<(u32, Instant)> = None;
+        for attempt in 0.. {
             let before = self.seq.load(Ordering::Acquire);
             if before & 1 == 0 {
                 let lens = self.lens.load(Ordering::Relaxed);
@@ -209,6 +214,15 @@ impl Names {
                         user,
                         user_len: (lens as usize >> 16).min(NAME_CAPACITY),
                     });
+                }
+            } else {
+                match stuck {
+                    Some((seq, since)) if seq == before => {
+                        if since.elapsed() >= DEAD_WRITER {
+                            return None;
+                        }
+                    }
+                    _ => stuck = Some((before, Instant::now())),
                 }
             }
             if attempt < NAME_SPINS {
