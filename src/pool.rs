@@ -514,6 +514,82 @@ mod tests {
         assert_eq!(seg.limits()[0].active(), 0);
     }
 
+    /// After a switch no connection opened before it is handed out or
+    /// pooled: an in-use one goes to REMOVE when given back, an idle one is
+    /// passed over (and evicted for room), and new ones record the new
+    /// primary and epoch.
+    #[test]
+    fn stale_connections_are_never_handed_out_or_pooled() {
+        let seg = Segment::create(2, &[]).unwrap();
+        let mut w = want("d");
+        w.limit = None;
+        let Some(Acquired::New(idle)) = try_acquire(&seg, w, 10) else {
+            panic!()
+        };
+        publish_new(&seg, idle, 10);
+        let Some(Acquired::New(busy)) = try_acquire(&seg, w, 11) else {
+            panic!()
+        };
+        publish_new(&seg, busy, 11);
+        assert!(release(&seg, idle, 10));
+        assert!(is_current(&seg, &seg.slots()[idle]));
+
+        let now = seg.switch_primary(1);
+        assert!(!is_current(&seg, &seg.slots()[idle]));
+        assert!(release(&seg, busy, 11));
+        assert_eq!(seg.slots()[busy].state(), SlotState::Remove, "not pooled");
+        assert!(finish_remove(&seg, busy));
+
+        // The worker read the primary before the switch: whatever it gets
+        // is stale and is not pooled either.
+        let Some(Acquired::New(i)) = try_acquire(&seg, w, 12) else {
+            panic!("the idle stale connection was handed out")
+        };
+        assert_eq!(i, busy, "the empty slot first");
+        assert!(!is_current(&seg, &seg.slots()[i]));
+        publish_new(&seg, i, 12);
+        assert!(release(&seg, i, 12));
+        assert_eq!(seg.slots()[i].state(), SlotState::Remove);
+        assert!(finish_remove(&seg, i));
+
+        // One that read the new primary: the empty slot, then the stale
+        // idle one evicted for room, both current.
+        w.server = now.server;
+        let a = try_acquire(&seg, w, 13);
+        let b = try_acquire(&seg, w, 14);
+        assert_eq!(
+            (a, b),
+            (Some(Acquired::New(busy)), Some(Acquired::New(idle)))
+        );
+        for (i, me) in [(busy, 13), (idle, 14)] {
+            let slot = &seg.slots()[i];
+            assert_eq!((slot.server(), slot.epoch()), (now.server, now.epoch));
+            publish_new(&seg, i, me);
+            assert!(release(&seg, i, me));
+        }
+        assert_eq!(try_acquire(&seg, w, 15), Some(Acquired::Pooled(0)));
+    }
+
+    /// Backend and client key belong to the connection: an emptied slot
+    /// keeps neither (they are cleared while the slot is still held).
+    #[test]
+    fn an_emptied_slot_keeps_nothing_of_its_connection() {
+        let seg = Segment::create(1, &[1]).unwrap();
+        let Some(Acquired::New(i)) = try_acquire(&seg, want("d"), 10) else {
+            panic!()
+        };
+        let slot = &seg.slots()[i];
+        slot.set_backend(4242, 77);
+        slot.set_client_key(5);
+        publish_new(&seg, i, 10);
+        discard(&seg, i, 10);
+        assert!(finish_remove(&seg, i));
+        assert_eq!(
+            (slot.backend_pid(), slot.backend_key(), slot.client_key()),
+            (0, 0, 0)
+        );
+    }
+
     #[test]
     fn acquire_times_out_then_succeeds_after_release() {
         let seg = Segment::create(1, &[1]).unwrap();
