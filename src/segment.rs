@@ -15,12 +15,13 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use memmap2::MmapRaw;
+use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
 
 use crate::management::disabled::DisabledTable;
 use crate::slot::Slot;
@@ -60,13 +61,17 @@ pub enum SegmentError {
     Incompatible,
 }
 
+/// Every field is atomic, so any bytes are a valid `Header` (a foreign
+/// file is read safely before it is rejected) and `create` writes it
+/// through a shared reference.
 #[repr(C)]
 struct Header {
-    magic: [u8; 8],
-    version: u32,
-    slot_count: u32,
-    slot_size: u32,
-    limit_count: u32,
+    /// `MAGIC`, as a little-endian word.
+    magic: AtomicU64,
+    version: AtomicU32,
+    slot_count: AtomicU32,
+    slot_size: AtomicU32,
+    limit_count: AtomicU32,
     supervisor_pid: AtomicI32,
     /// Bumped whenever a slot becomes available; waiting workers sleep on it
     /// with a futex instead of polling.
@@ -163,14 +168,9 @@ impl Segment {
             return Err(SegmentError::SlotCount(slot_count));
         }
         let size = SLOTS_OFFSET + slot_count * std::mem::size_of::<Slot>();
-        // SAFETY: memfd_create with a NUL-terminated name and valid flags;
-        // the returned descriptor is checked and then owned by `File`.
-        let fd = unsafe { libc::memfd_create(c"pgcorral".as_ptr(), libc::MFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(SegmentError::Create(io::Error::last_os_error()));
-        }
-        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-        let file = unsafe { File::from_raw_fd(fd) };
+        let fd = memfd_create(c"pgcorral", MemFdCreateFlag::MFD_CLOEXEC)
+            .map_err(|e| SegmentError::Create(e.into()))?;
+        let file = File::from(fd);
         file.set_len(size as u64).map_err(SegmentError::Create)?;
         let map = MmapRaw::map_raw(&file).map_err(SegmentError::Map)?;
         let seg = Segment {
@@ -178,14 +178,20 @@ impl Segment {
             file,
             slot_count,
         };
-        // SAFETY: the mapping is at least SLOTS_OFFSET bytes, page aligned,
-        // and not yet shared with any other process.
-        let header = unsafe { &mut *(seg.map.as_mut_ptr() as *mut Header) };
-        header.magic = MAGIC;
-        header.version = VERSION;
-        header.slot_count = slot_count as u32;
-        header.slot_size = std::mem::size_of::<Slot>() as u32;
-        header.limit_count = MAX_LIMITS as u32;
+        let header = seg.header();
+        header
+            .magic
+            .store(u64::from_le_bytes(MAGIC), Ordering::Relaxed);
+        header.version.store(VERSION, Ordering::Relaxed);
+        header
+            .slot_count
+            .store(slot_count as u32, Ordering::Relaxed);
+        header
+            .slot_size
+            .store(std::mem::size_of::<Slot>() as u32, Ordering::Relaxed);
+        header
+            .limit_count
+            .store(MAX_LIMITS as u32, Ordering::Relaxed);
         header
             .supervisor_pid
             .store(std::process::id() as i32, Ordering::Release);
@@ -230,28 +236,30 @@ impl Segment {
             return Err(SegmentError::Incompatible);
         }
         let map = MmapRaw::map_raw(&file).map_err(SegmentError::Map)?;
-        // SAFETY: the mapping is at least SLOTS_OFFSET bytes (checked above),
-        // so the header is in bounds; its plain fields are only read.
-        let header = unsafe { &*(map.as_ptr() as *const Header) };
-        let slot_count = header.slot_count as usize;
-        if header.magic != MAGIC
-            || header.version != VERSION
-            || header.slot_size as usize != std::mem::size_of::<Slot>()
+        // No slot is reachable until the header says how many there are.
+        let mut seg = Segment {
+            map,
+            file,
+            slot_count: 0,
+        };
+        let header = seg.header();
+        let slot_count = header.slot_count.load(Ordering::Relaxed) as usize;
+        if header.magic.load(Ordering::Relaxed) != u64::from_le_bytes(MAGIC)
+            || header.version.load(Ordering::Relaxed) != VERSION
+            || header.slot_size.load(Ordering::Relaxed) as usize != std::mem::size_of::<Slot>()
             || slot_count > MAX_SLOTS
             || len < SLOTS_OFFSET + slot_count * std::mem::size_of::<Slot>()
         {
             return Err(SegmentError::Incompatible);
         }
-        Ok(Segment {
-            map,
-            file,
-            slot_count,
-        })
+        seg.slot_count = slot_count;
+        Ok(seg)
     }
 
     fn header(&self) -> &Header {
-        // SAFETY: the mapping starts with a Header (written by `create`,
-        // checked by `attach_file`) and lives as long as `self`.
+        // SAFETY: every mapping is at least SLOTS_OFFSET bytes (sized by
+        // `create`, checked by `attach_file`), page aligned, and lives as
+        // long as `self`; a Header is atomics only, valid for any bytes.
         unsafe { &*(self.map.as_ptr() as *const Header) }
     }
 
