@@ -138,6 +138,11 @@ fn switch_to_reaches_workers_that_were_already_running() {
     // A new client too.
     let mut new = pc.connect();
     assert_eq!(server_port(&mut new), b.port, "new client after switch");
+    let details = cli(&pc, &["--format", "json", "status", "details"]);
+    assert!(
+        details.contains("\"database\":\"postgres\",\"user\":\"postgres\",\"server\":\"standby\""),
+        "{details}"
+    );
 
     // A cancel from the old client reaches its query on B.
     let token = old.cancel_token();
@@ -151,4 +156,42 @@ fn switch_to_reaches_workers_that_were_already_running() {
         a.backend_count(None)
     );
     drop((old, new, busy));
+}
+
+/// Session-long pipelines keep a client's connection until it leaves: a
+/// client connected before the switch stays on the old primary, and its
+/// connection is closed, not pooled, when it leaves.
+#[test]
+fn a_bound_client_keeps_the_old_primary_until_it_leaves() {
+    let a = Postgres::start();
+    let b = Postgres::start();
+    let extra = format!(
+        "pipeline = \"performance\"\n\
+         [server.primary]\nhost = \"127.0.0.1\"\nport = {}\n\
+         [server.standby]\nhost = \"127.0.0.1\"\nport = {}\nprimary = true\n",
+        a.port, b.port
+    );
+    let pc = Pgcorral::start(&a, &extra);
+    let mut bound = pc.connect();
+    assert_eq!(
+        server_port(&mut bound),
+        b.port,
+        "primary = true is honoured"
+    );
+
+    cli(&pc, &["switch-to", "primary"]);
+    let mut new = pc.connect();
+    assert_eq!(server_port(&mut new), a.port, "new client after switch");
+    assert_eq!(server_port(&mut bound), b.port, "bound for its session");
+    assert_eq!(b.backend_count(None), 1);
+    drop(bound);
+    assert!(
+        wait_until(Duration::from_secs(10), || b.backend_count(None) == 0),
+        "the old primary's connection was pooled"
+    );
+    // And nothing of the old primary is handed out: the next client opens
+    // a new connection on the new one.
+    let mut next = pc.connect();
+    assert_eq!(server_port(&mut next), a.port);
+    drop((new, next));
 }
