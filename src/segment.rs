@@ -303,19 +303,20 @@ impl Segment {
         self.header().supervisor_pid.load(Ordering::Acquire)
     }
 
-    /// The current primary server and epoch. SeqCst, like the switch, so
-    /// that a worker giving back a slot and the supervisor switching cannot
-    /// both miss each other (see `switch_primary`).
+    /// The current primary server and epoch.
     pub fn primary(&self) -> Primary {
         Primary::unpack(self.header().primary.load(Ordering::SeqCst))
     }
 
     /// Supervisor only: makes `server` the primary and starts a new epoch,
     /// so that every connection opened before is stale. Returns the new
-    /// pair. The supervisor then looks at every slot; a worker that gave
-    /// one back concurrently read the primary after its state swap, and
-    /// with both sides sequentially consistent at least one of them sees
-    /// the other's write.
+    /// pair.
+    ///
+    /// Nothing stops a worker that read the old pair an instant earlier:
+    /// it may still give a stale slot back FREE, or record the old server
+    /// in a slot it reserves. Such a slot is never handed out (`try_acquire`
+    /// checks again once it owns the slot), is not pooled again when given
+    /// back, and the supervisor's once-a-second tick closes it if FREE.
     pub fn switch_primary(&self, server: u32) -> Primary {
         let word = &self.header().primary;
         let mut now = Primary::unpack(word.load(Ordering::SeqCst));
