@@ -17,7 +17,8 @@
 //! shared-memory types, so a concurrent read is defined and never torn:
 //!
 //! * atomics: state and owner, generation, key, limit, server and epoch,
-//!   backend pid and key (cancel routing), client key, flags, timestamps;
+//!   backend pid and key (one word, read together by cancel routing),
+//!   client key, flags, timestamps;
 //! * a seqlock (`Names`): database and user, read by `status`,
 //!   `flush DB` and the slot listing while a worker may be rewriting them;
 //!   a reader retries until it sees one whole write.
@@ -275,14 +276,16 @@ pub struct Slot {
     /// Index (in the configuration's order) of the server the connection
     /// is to; cancels for it go there.
     server: AtomicU32,
-    backend_pid: AtomicI32,
-    backend_key: AtomicI32,
     /// Secret half of the BackendKeyData the current client was given; the
     /// process id half is the owner's pid. Lets a CancelRequest find the
     /// connection its client holds right now, and nothing else.
     client_key: AtomicI32,
-    /// `CLOSE_ON_RELEASE`; fills what was padding before `created_ms`.
+    /// `CLOSE_ON_RELEASE`.
     flags: AtomicU32,
+    /// The server's BackendKeyData, process id (high 32 bits) and secret
+    /// key (low), in one word so that cancel routing reads a pair that
+    /// belongs to one connection.
+    backend: AtomicU64,
     created_ms: AtomicU64,
     last_used_ms: AtomicU64,
     /// The segment's primary epoch the connection was opened for; a
@@ -388,17 +391,24 @@ impl Slot {
         self.server.load(Ordering::Acquire)
     }
 
+    /// The server's process id and secret key, read together.
+    pub fn backend(&self) -> (i32, i32) {
+        let word = self.backend.load(Ordering::Acquire);
+        ((word >> 32) as u32 as i32, word as u32 as i32)
+    }
+
     pub fn backend_pid(&self) -> i32 {
-        self.backend_pid.load(Ordering::Acquire)
+        self.backend().0
     }
 
     pub fn backend_key(&self) -> i32 {
-        self.backend_key.load(Ordering::Acquire)
+        self.backend().1
     }
 
+    /// Owner only.
     pub fn set_backend(&self, pid: i32, key: i32) {
-        self.backend_pid.store(pid, Ordering::Release);
-        self.backend_key.store(key, Ordering::Release);
+        let word = (u64::from(pid as u32) << 32) | u64::from(key as u32);
+        self.backend.store(word, Ordering::Release);
     }
 
     pub fn client_key(&self) -> i32 {

@@ -65,7 +65,7 @@ pub fn route(config: &Config, segment: &Segment, process_id: i32, secret: i32) -
         if slot.snapshot() != (SlotState::InUse, process_id) || slot.client_key() != secret {
             continue;
         }
-        let (pid, key) = (slot.backend_pid(), slot.backend_key());
+        let (pid, key) = slot.backend();
         // The server the connection is to, which after a `switch-to` may
         // no longer be the primary.
         let server = config.server_at(slot.server());
