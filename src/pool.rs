@@ -16,10 +16,6 @@ pub struct Want<'a> {
     pub user: &'a str,
     /// The `[[limit]]` rule that caps connections for this database and user.
     pub limit: Option<usize>,
-    /// The server to connect to: the segment's primary as the caller read
-    /// it (`Segment::primary`). A slot recorded for a server that is no
-    /// longer the primary is stale, whatever the caller asked.
-    pub server: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,7 +80,9 @@ pub fn is_current(seg: &Segment, slot: &Slot) -> bool {
     slot.server() == primary.server && slot.epoch() == primary.epoch
 }
 
-/// One pass over the slots: reuse, else create within the limits.
+/// One pass over the slots: reuse, else create within the limits. A new
+/// connection is for the segment's primary as this pass reads it: the
+/// caller connects to the server the slot records (`Slot::server`).
 pub fn try_acquire(seg: &Segment, want: Want<'_>, me: i32) -> Option<Acquired> {
     let key = identity_key(want.database, want.user);
     for (i, slot) in seg.slots().iter().enumerate() {
@@ -101,7 +99,7 @@ pub fn try_acquire(seg: &Segment, want: Want<'_>, me: i32) -> Option<Acquired> {
         }
         // The key is a hash read before we owned the slot: confirm the names
         // now that nobody else can change them.
-        if slot.matches(want.database, want.user) && slot.server() == want.server {
+        if slot.matches(want.database, want.user) {
             slot.touch(now_ms());
             return Some(Acquired::Pooled(i));
         }
@@ -136,17 +134,16 @@ fn reserve_empty(seg: &Segment, want: Want<'_>, me: i32) -> Option<usize> {
     None
 }
 
-/// Records `want` in a slot the caller just reserved, with the epoch of the
-/// primary now: if `want.server` is not that primary, the slot is stale
-/// from the start and goes to REMOVE when given back.
+/// Records `want` in a slot the caller just reserved, for the primary and
+/// epoch read in one load: the slot is current until the next switch.
 fn stamp(seg: &Segment, slot: &Slot, want: Want<'_>) {
-    let epoch = seg.primary().epoch;
+    let primary = seg.primary();
     slot.set_identity(
         want.database,
         want.user,
         want.limit,
-        want.server,
-        epoch,
+        primary.server,
+        primary.epoch,
         now_ms(),
     );
 }
@@ -360,7 +357,6 @@ mod tests {
             database: db,
             user: "u",
             limit: Some(0),
-            server: 0,
         }
     }
 
@@ -540,21 +536,21 @@ mod tests {
         assert_eq!(seg.slots()[busy].state(), SlotState::Remove, "not pooled");
         assert!(finish_remove(&seg, busy));
 
-        // The worker read the primary before the switch: whatever it gets
-        // is stale and is not pooled either.
+        // A slot recorded for the old primary in the instant of a switch
+        // is not pooled either.
         let Some(Acquired::New(i)) = try_acquire(&seg, w, 12) else {
             panic!("the idle stale connection was handed out")
         };
         assert_eq!(i, busy, "the empty slot first");
+        seg.slots()[i].set_identity("d", "u", None, 0, now.epoch, 0);
         assert!(!is_current(&seg, &seg.slots()[i]));
         publish_new(&seg, i, 12);
         assert!(release(&seg, i, 12));
         assert_eq!(seg.slots()[i].state(), SlotState::Remove);
         assert!(finish_remove(&seg, i));
 
-        // One that read the new primary: the empty slot, then the stale
-        // idle one evicted for room, both current.
-        w.server = now.server;
+        // New connections: the empty slot, then the stale idle one evicted
+        // for room, both for the new primary and epoch.
         let a = try_acquire(&seg, w, 13);
         let b = try_acquire(&seg, w, 14);
         assert_eq!(

@@ -746,7 +746,6 @@ mod tests {
                     database: "d",
                     user: "u",
                     limit: Some(0),
-                    server: 0,
                 };
                 for round in 0..ROUNDS {
                     let Some(got) = pool::try_acquire(&seg, want, me) else {
@@ -905,7 +904,6 @@ mod tests {
                         database: db,
                         user,
                         limit: None,
-                        server: 0,
                     };
                     let Some(got) = pool::try_acquire(&seg, want, me) else {
                         std::hint::spin_loop();

@@ -151,7 +151,6 @@ impl Prefill<'_> {
             database: &t.database,
             user: &t.user,
             limit: Some(t.rule),
-            server: self.segment.primary().server,
         };
         let i = pool::reserve_for_prefill(self.segment, want, me).ok_or(PrefillError::NoRoom)?;
         match self.connect_into(t, i, me, management) {

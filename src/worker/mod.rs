@@ -200,7 +200,6 @@ fn serve(ctx: &Context<'_>, client: BorrowedFd<'_>, peer: &Peer) -> Result<(), W
         database: &database,
         user: &user,
         limit,
-        server: ctx.segment.primary().server,
     };
     let deadline = Instant::now() + main.blocking_timeout;
     let mut sockets = Sockets::new();

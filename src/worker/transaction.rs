@@ -36,7 +36,6 @@ impl WorkerAttach<'_> {
             database: &self.database,
             user: &self.user,
             limit: self.limit,
-            server: self.ctx.segment.primary().server,
         };
         let deadline = Instant::now() + self.ctx.config.main.blocking_timeout;
         let (index, fd) = loop {
