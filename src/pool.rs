@@ -18,7 +18,6 @@ pub struct Want<'a> {
     pub user: &'a str,
     /// The `[[limit]]` rule that caps connections for this database and user.
     pub limit: Option<usize>,
-    pub server: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,19 +74,34 @@ pub fn acquire(
     }
 }
 
-/// One pass over the slots: reuse, else create within the limits.
+/// Whether the slot's connection is to the current primary and was opened
+/// since the last `switch-to`. A stale connection is never handed out nor
+/// pooled again; the supervisor closes it.
+pub fn is_current(seg: &Segment, slot: &Slot) -> bool {
+    let primary = seg.primary();
+    slot.server() == primary.server && slot.epoch() == primary.epoch
+}
+
+/// One pass over the slots: reuse, else create within the limits. A new
+/// connection is for the segment's primary as this pass reads it: the
+/// caller connects to the server the slot records (`Slot::server`).
 pub fn try_acquire(seg: &Segment, want: Want<'_>, me: i32) -> Option<Acquired> {
     let key = identity_key(want.database, want.user);
     for (i, slot) in seg.slots().iter().enumerate() {
-        if slot.key() != key || slot.state() != SlotState::Free {
+        if slot.key() != key || slot.state() != SlotState::Free || !is_current(seg, slot) {
             continue;
         }
         if !slot.try_take_free(me) {
             continue;
         }
+        if !is_current(seg, slot) {
+            // A switch in between: the supervisor closes it.
+            let _ = slot.transition(SlotState::InUse, me, SlotState::Remove, NO_OWNER);
+            continue;
+        }
         // The key is a hash read before we owned the slot: confirm the names
         // now that nobody else can change them.
-        if slot.matches(want.database, want.user) && slot.server() == want.server {
+        if slot.matches(want.database, want.user) {
             slot.touch(now_ms());
             return Some(Acquired::Pooled(i));
         }
@@ -115,15 +129,30 @@ pub fn try_acquire(seg: &Segment, want: Want<'_>, me: i32) -> Option<Acquired> {
 fn reserve_empty(seg: &Segment, want: Want<'_>, me: i32) -> Option<usize> {
     for (i, slot) in seg.slots().iter().enumerate() {
         if slot.state() == SlotState::NotInit && slot.try_reserve(me) {
-            slot.set_identity(want.database, want.user, want.limit, want.server, now_ms());
+            stamp(seg, slot, want);
             return Some(i);
         }
     }
     None
 }
 
+/// Records `want` in a slot the caller just reserved, for the primary and
+/// epoch read in one load: the slot is current until the next switch.
+fn stamp(seg: &Segment, slot: &Slot, want: Want<'_>) {
+    let primary = seg.primary();
+    slot.set_identity(
+        want.database,
+        want.user,
+        want.limit,
+        primary.server,
+        primary.epoch,
+        now_ms(),
+    );
+}
+
 /// Takes over the least recently used idle connection of another database or
-/// user, so that a full pool of idle connections cannot starve a newcomer.
+/// user (or a stale one of any), so that a full pool of idle connections
+/// cannot starve a newcomer.
 fn evict_idle(seg: &Segment, want: Want<'_>, me: i32) -> Option<usize> {
     let key = identity_key(want.database, want.user);
     loop {
@@ -131,7 +160,9 @@ fn evict_idle(seg: &Segment, want: Want<'_>, me: i32) -> Option<usize> {
             .slots()
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.state() == SlotState::Free && s.key() != key)
+            .filter(|(_, s)| {
+                s.state() == SlotState::Free && (s.key() != key || !is_current(seg, s))
+            })
             .min_by_key(|(_, s)| s.last_used_ms())
             .map(|(i, _)| i)?;
         let slot = &seg.slots()[victim];
@@ -139,7 +170,7 @@ fn evict_idle(seg: &Segment, want: Want<'_>, me: i32) -> Option<usize> {
             if let Some(old) = seg.limit(slot.limit_index()) {
                 old.release();
             }
-            slot.set_identity(want.database, want.user, want.limit, want.server, now_ms());
+            stamp(seg, slot, want);
             return Some(victim);
         }
     }
@@ -163,6 +194,7 @@ pub fn abandon_new(seg: &Segment, index: usize, me: i32) {
         return;
     }
     slot.clear_flags();
+    slot.clear_backend();
     if slot
         .transition(SlotState::Init, me, SlotState::NotInit, NO_OWNER)
         .is_ok()
@@ -194,6 +226,9 @@ pub enum Closed {
     NotShareable,
     /// It was flushed while in use (`Slot::close_on_release`).
     Flushed,
+    /// It was opened for a server that is no longer the primary, or
+    /// before the last switch (`is_current`).
+    Stale,
     Dirty,
     ResetFailed,
 }
@@ -217,7 +252,8 @@ pub fn may_be_shared(slot: &Slot) -> bool {
 
 /// Gives back a connection `me` holds IN_USE, deciding alone whether it is
 /// kept (FREE) or closed (REMOVE): closed when the caller's verdict is not
-/// clean, when it may not be shared, or when it was flushed meanwhile.
+/// clean, when it may not be shared, when it was flushed meanwhile, or when
+/// it belongs to a primary that was switched away from.
 pub fn check_in(seg: &Segment, index: usize, me: i32, verdict: Verdict) -> CheckedIn {
     let Some(slot) = seg.slots().get(index) else {
         return CheckedIn::NotHeld;
@@ -230,6 +266,7 @@ pub fn check_in(seg: &Segment, index: usize, me: i32, verdict: Verdict) -> Check
         Verdict::ResetFailed => Some(Closed::ResetFailed),
         Verdict::Clean if !may_be_shared(slot) => Some(Closed::NotShareable),
         Verdict::Clean if slot.close_on_release() => Some(Closed::Flushed),
+        Verdict::Clean if !is_current(seg, slot) => Some(Closed::Stale),
         Verdict::Clean => None,
     };
     let done = match close {
@@ -240,13 +277,14 @@ pub fn check_in(seg: &Segment, index: usize, me: i32, verdict: Verdict) -> Check
 }
 
 /// The keep path of `check_in`: back to the pool, unless the connection
-/// was flushed while in use (`Slot::close_on_release`): then the
-/// supervisor closes it (REMOVE). Workers go through `check_in`.
+/// was flushed while in use (`Slot::close_on_release`) or is stale
+/// (`is_current`): then the supervisor closes it (REMOVE). Workers go
+/// through `check_in`.
 pub(crate) fn release(seg: &Segment, index: usize, me: i32) -> bool {
     let Some(slot) = seg.slots().get(index) else {
         return false;
     };
-    if slot.close_on_release() {
+    if slot.close_on_release() || !is_current(seg, slot) {
         return discard(seg, index, me);
     }
     slot.touch(now_ms());
@@ -367,13 +405,14 @@ fn empty(seg: &Segment, index: usize, from: SlotState, owner: i32) -> bool {
         return false;
     }
     // Only the holder gets here, and nobody can take the slot before the
-    // swap below publishes it empty.
+    // swap below publishes it empty: everything that belonged to the
+    // connection is cleared first, never after.
     slot.clear_flags();
+    slot.clear_backend();
     let ok = slot
         .transition(from, owner, SlotState::NotInit, NO_OWNER)
         .is_ok();
     if ok {
-        slot.set_backend(0, 0);
         if let Some(l) = seg.limit(limit) {
             l.release();
         }
@@ -391,7 +430,6 @@ mod tests {
             database: db,
             user: "u",
             limit: Some(0),
-            server: 0,
         }
     }
 
@@ -543,6 +581,82 @@ mod tests {
             "cleared with the connection"
         );
         assert_eq!(seg.limits()[0].active(), 0);
+    }
+
+    /// After a switch no connection opened before it is handed out or
+    /// pooled: an in-use one goes to REMOVE when given back, an idle one is
+    /// passed over (and evicted for room), and new ones record the new
+    /// primary and epoch.
+    #[test]
+    fn stale_connections_are_never_handed_out_or_pooled() {
+        let seg = Segment::create(2, &[]).unwrap();
+        let mut w = want("d");
+        w.limit = None;
+        let Some(Acquired::New(idle)) = try_acquire(&seg, w, 10) else {
+            panic!()
+        };
+        publish_new(&seg, idle, 10);
+        let Some(Acquired::New(busy)) = try_acquire(&seg, w, 11) else {
+            panic!()
+        };
+        publish_new(&seg, busy, 11);
+        assert!(release(&seg, idle, 10));
+        assert!(is_current(&seg, &seg.slots()[idle]));
+
+        let now = seg.switch_primary(1);
+        assert!(!is_current(&seg, &seg.slots()[idle]));
+        assert!(release(&seg, busy, 11));
+        assert_eq!(seg.slots()[busy].state(), SlotState::Remove, "not pooled");
+        assert!(finish_remove(&seg, busy));
+
+        // A slot recorded for the old primary in the instant of a switch
+        // is not pooled either.
+        let Some(Acquired::New(i)) = try_acquire(&seg, w, 12) else {
+            panic!("the idle stale connection was handed out")
+        };
+        assert_eq!(i, busy, "the empty slot first");
+        seg.slots()[i].set_identity("d", "u", None, 0, now.epoch, 0);
+        assert!(!is_current(&seg, &seg.slots()[i]));
+        publish_new(&seg, i, 12);
+        assert!(release(&seg, i, 12));
+        assert_eq!(seg.slots()[i].state(), SlotState::Remove);
+        assert!(finish_remove(&seg, i));
+
+        // New connections: the empty slot, then the stale idle one evicted
+        // for room, both for the new primary and epoch.
+        let a = try_acquire(&seg, w, 13);
+        let b = try_acquire(&seg, w, 14);
+        assert_eq!(
+            (a, b),
+            (Some(Acquired::New(busy)), Some(Acquired::New(idle)))
+        );
+        for (i, me) in [(busy, 13), (idle, 14)] {
+            let slot = &seg.slots()[i];
+            assert_eq!((slot.server(), slot.epoch()), (now.server, now.epoch));
+            publish_new(&seg, i, me);
+            assert!(release(&seg, i, me));
+        }
+        assert_eq!(try_acquire(&seg, w, 15), Some(Acquired::Pooled(0)));
+    }
+
+    /// Backend and client key belong to the connection: an emptied slot
+    /// keeps neither (they are cleared while the slot is still held).
+    #[test]
+    fn an_emptied_slot_keeps_nothing_of_its_connection() {
+        let seg = Segment::create(1, &[1]).unwrap();
+        let Some(Acquired::New(i)) = try_acquire(&seg, want("d"), 10) else {
+            panic!()
+        };
+        let slot = &seg.slots()[i];
+        slot.set_backend(4242, 77);
+        slot.set_client_key(5);
+        publish_new(&seg, i, 10);
+        discard(&seg, i, 10);
+        assert!(finish_remove(&seg, i));
+        assert_eq!(
+            (slot.backend_pid(), slot.backend_key(), slot.client_key()),
+            (0, 0, 0)
+        );
     }
 
     #[test]

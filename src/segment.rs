@@ -4,18 +4,24 @@
 //! Layout (offsets in bytes; no pointers inside, only indices):
 //! `0` header · `HEADER_SIZE` limit records · `DISABLED_OFFSET` disabled
 //! databases · `SLOTS_OFFSET` slots.
+//!
+//! Runtime state that every process must agree on lives here, not in each
+//! process's copy of the configuration: the primary server (an index into
+//! the servers in configuration order) and an epoch that `switch-to` bumps,
+//! read by workers forked long before the switch.
 //! The memfd (rather than anonymous memory) lets another process map the same
 //! pages: a test or a status tool through `/proc/PID/fd`, and later a new
 //! supervisor taking over at upgrade.
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use memmap2::MmapRaw;
+use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
 
 use crate::disabled::DisabledTable;
 use crate::slot::Slot;
@@ -23,7 +29,7 @@ use crate::slot::Slot;
 pub const MAGIC: [u8; 8] = *b"PGCORRAL";
 /// Bumped whenever the layout changes, so that an incompatible process
 /// refuses to attach instead of misreading the slots.
-pub const VERSION: u32 = 5;
+pub const VERSION: u32 = 6;
 /// The memfd's name; `/proc/PID/fd` shows it as `/memfd:pgcorral (deleted)`.
 pub const MEMFD_NAME: &str = "pgcorral";
 pub const MAX_SLOTS: usize = 10_000;
@@ -55,13 +61,17 @@ pub enum SegmentError {
     Incompatible,
 }
 
+/// Every field is atomic, so any bytes are a valid `Header` (a foreign
+/// file is read safely before it is rejected) and `create` writes it
+/// through a shared reference.
 #[repr(C)]
 struct Header {
-    magic: [u8; 8],
-    version: u32,
-    slot_count: u32,
-    slot_size: u32,
-    limit_count: u32,
+    /// `MAGIC`, as a little-endian word.
+    magic: AtomicU64,
+    version: AtomicU32,
+    slot_count: AtomicU32,
+    slot_size: AtomicU32,
+    limit_count: AtomicU32,
     supervisor_pid: AtomicI32,
     /// Bumped whenever a slot becomes available; waiting workers sleep on it
     /// with a futex instead of polling.
@@ -70,6 +80,33 @@ struct Header {
     /// futex syscall only when somebody waits.
     waiters: AtomicU32,
     shutting_down: AtomicU32,
+    /// The primary server's index (low 32 bits) and the epoch (high 32
+    /// bits), in one word so that a reader gets a pair that was current
+    /// together.
+    primary: AtomicU64,
+}
+
+/// The server new connections go to, and which switch made it primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Primary {
+    /// Index into the configured servers, in configuration order.
+    pub server: u32,
+    /// Bumped by every `switch-to`; a slot opened under an older epoch is
+    /// stale.
+    pub epoch: u32,
+}
+
+impl Primary {
+    fn pack(self) -> u64 {
+        (u64::from(self.epoch) << 32) | u64::from(self.server)
+    }
+
+    fn unpack(word: u64) -> Self {
+        Primary {
+            server: word as u32,
+            epoch: (word >> 32) as u32,
+        }
+    }
 }
 
 /// Live count of server connections charged to one `[[limit]]` rule.
@@ -131,14 +168,9 @@ impl Segment {
             return Err(SegmentError::SlotCount(slot_count));
         }
         let size = SLOTS_OFFSET + slot_count * std::mem::size_of::<Slot>();
-        // SAFETY: memfd_create with a NUL-terminated name and valid flags;
-        // the returned descriptor is checked and then owned by `File`.
-        let fd = unsafe { libc::memfd_create(c"pgcorral".as_ptr(), libc::MFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(SegmentError::Create(io::Error::last_os_error()));
-        }
-        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-        let file = unsafe { File::from_raw_fd(fd) };
+        let fd = memfd_create(c"pgcorral", MemFdCreateFlag::MFD_CLOEXEC)
+            .map_err(|e| SegmentError::Create(e.into()))?;
+        let file = File::from(fd);
         file.set_len(size as u64).map_err(SegmentError::Create)?;
         let map = MmapRaw::map_raw(&file).map_err(SegmentError::Map)?;
         let seg = Segment {
@@ -146,14 +178,20 @@ impl Segment {
             file,
             slot_count,
         };
-        // SAFETY: the mapping is at least SLOTS_OFFSET bytes, page aligned,
-        // and not yet shared with any other process.
-        let header = unsafe { &mut *(seg.map.as_mut_ptr() as *mut Header) };
-        header.magic = MAGIC;
-        header.version = VERSION;
-        header.slot_count = slot_count as u32;
-        header.slot_size = std::mem::size_of::<Slot>() as u32;
-        header.limit_count = MAX_LIMITS as u32;
+        let header = seg.header();
+        header
+            .magic
+            .store(u64::from_le_bytes(MAGIC), Ordering::Relaxed);
+        header.version.store(VERSION, Ordering::Relaxed);
+        header
+            .slot_count
+            .store(slot_count as u32, Ordering::Relaxed);
+        header
+            .slot_size
+            .store(std::mem::size_of::<Slot>() as u32, Ordering::Relaxed);
+        header
+            .limit_count
+            .store(MAX_LIMITS as u32, Ordering::Relaxed);
         header
             .supervisor_pid
             .store(std::process::id() as i32, Ordering::Release);
@@ -198,28 +236,30 @@ impl Segment {
             return Err(SegmentError::Incompatible);
         }
         let map = MmapRaw::map_raw(&file).map_err(SegmentError::Map)?;
-        // SAFETY: the mapping is at least SLOTS_OFFSET bytes (checked above),
-        // so the header is in bounds; its plain fields are only read.
-        let header = unsafe { &*(map.as_ptr() as *const Header) };
-        let slot_count = header.slot_count as usize;
-        if header.magic != MAGIC
-            || header.version != VERSION
-            || header.slot_size as usize != std::mem::size_of::<Slot>()
+        // No slot is reachable until the header says how many there are.
+        let mut seg = Segment {
+            map,
+            file,
+            slot_count: 0,
+        };
+        let header = seg.header();
+        let slot_count = header.slot_count.load(Ordering::Relaxed) as usize;
+        if header.magic.load(Ordering::Relaxed) != u64::from_le_bytes(MAGIC)
+            || header.version.load(Ordering::Relaxed) != VERSION
+            || header.slot_size.load(Ordering::Relaxed) as usize != std::mem::size_of::<Slot>()
             || slot_count > MAX_SLOTS
             || len < SLOTS_OFFSET + slot_count * std::mem::size_of::<Slot>()
         {
             return Err(SegmentError::Incompatible);
         }
-        Ok(Segment {
-            map,
-            file,
-            slot_count,
-        })
+        seg.slot_count = slot_count;
+        Ok(seg)
     }
 
     fn header(&self) -> &Header {
-        // SAFETY: the mapping starts with a Header (written by `create`,
-        // checked by `attach_file`) and lives as long as `self`.
+        // SAFETY: every mapping is at least SLOTS_OFFSET bytes (sized by
+        // `create`, checked by `attach_file`), page aligned, and lives as
+        // long as `self`; a Header is atomics only, valid for any bytes.
         unsafe { &*(self.map.as_ptr() as *const Header) }
     }
 
@@ -263,6 +303,36 @@ impl Segment {
         self.header().supervisor_pid.load(Ordering::Acquire)
     }
 
+    /// The current primary server and epoch.
+    pub fn primary(&self) -> Primary {
+        Primary::unpack(self.header().primary.load(Ordering::SeqCst))
+    }
+
+    /// Supervisor only: makes `server` the primary and starts a new epoch,
+    /// so that every connection opened before is stale. Returns the new
+    /// pair.
+    ///
+    /// Nothing stops a worker that read the old pair an instant earlier:
+    /// it may still give a stale slot back FREE, or record the old server
+    /// in a slot it reserves. Such a slot is never handed out (`try_acquire`
+    /// checks again once it owns the slot), is not pooled again when given
+    /// back, and the supervisor's once-a-second tick closes it if FREE.
+    pub fn switch_primary(&self, server: u32) -> Primary {
+        let word = &self.header().primary;
+        let mut now = Primary::unpack(word.load(Ordering::SeqCst));
+        loop {
+            let next = Primary {
+                server,
+                epoch: now.epoch.wrapping_add(1),
+            };
+            match word.compare_exchange(now.pack(), next.pack(), Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => return next,
+                Err(actual) => now = Primary::unpack(actual),
+            }
+        }
+    }
+
     pub fn set_shutting_down(&self) {
         self.header().shutting_down.store(1, Ordering::Release);
         self.notify();
@@ -275,26 +345,42 @@ impl Segment {
     /// Read before scanning the slots; pass to `wait_for_change` so that a
     /// release between the scan and the wait is not missed.
     pub fn wake_seq(&self) -> u32 {
-        self.header().wake_seq.load(Ordering::Acquire)
+        self.header().wake_seq.load(Ordering::SeqCst)
     }
 
     /// Tells waiting workers that a slot may have become available.
+    ///
+    /// The notifier writes `wake_seq` then reads `waiters`; a waiter writes
+    /// `waiters` then reads `wake_seq`. With only acquire/release, both
+    /// reads may see the old values (each write still sits in its core's
+    /// store buffer): the notifier skips the wake and the waiter sleeps on
+    /// a sequence that already moved, for a whole nap. With all four
+    /// accesses SeqCst they fall in one total order, so at least one side
+    /// sees the other's write: the notifier wakes, or the waiter does not
+    /// sleep. (The kernel re-checks `wake_seq` under its own lock before
+    /// sleeping, which covers a bump after the waiter's read.)
     pub fn notify(&self) {
         let h = self.header();
-        h.wake_seq.fetch_add(1, Ordering::AcqRel);
-        if h.waiters.load(Ordering::Acquire) > 0 {
+        h.wake_seq.fetch_add(1, Ordering::SeqCst);
+        if h.waiters.load(Ordering::SeqCst) > 0 {
             futex_wake(&h.wake_seq);
         }
     }
 
     /// Sleeps until `notify` is called after `seen` was read, or `timeout`.
+    /// Ordering: see `notify`.
     pub fn wait_for_change(&self, seen: u32, timeout: Duration) {
         let h = self.header();
-        h.waiters.fetch_add(1, Ordering::AcqRel);
-        if h.wake_seq.load(Ordering::Acquire) == seen {
+        h.waiters.fetch_add(1, Ordering::SeqCst);
+        if h.wake_seq.load(Ordering::SeqCst) == seen {
             futex_wait(&h.wake_seq, seen, timeout);
         }
-        h.waiters.fetch_sub(1, Ordering::AcqRel);
+        h.waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// How many processes sleep in `wait_for_change` now.
+    pub fn waiters(&self) -> u32 {
+        self.header().waiters.load(Ordering::SeqCst)
     }
 
     pub fn memfd(&self) -> &File {
@@ -399,19 +485,80 @@ mod tests {
     }
 
     #[test]
-    fn wait_returns_on_timeout_and_on_stale_sequence() {
-        let seg = Segment::create(1, &[]).unwrap();
+    fn a_stale_sequence_does_not_sleep_and_a_timeout_returns() {
+        let seg = std::sync::Arc::new(Segment::create(1, &[]).unwrap());
         let seen = seg.wake_seq();
         seg.notify();
-        let t = std::time::Instant::now();
-        seg.wait_for_change(seen, Duration::from_secs(5));
-        assert!(
-            t.elapsed() < Duration::from_secs(1),
-            "stale sequence waited"
-        );
+        // Would sleep the whole hour if the bump were missed.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sleeper = seg.clone();
+        std::thread::spawn(move || {
+            sleeper.wait_for_change(seen, Duration::from_secs(3600));
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(Duration::from_secs(600))
+            .expect("slept on a sequence that had moved");
+        assert_eq!(seg.waiters(), 0);
         let seen = seg.wake_seq();
-        let t = std::time::Instant::now();
-        seg.wait_for_change(seen, Duration::from_millis(50));
-        assert!(t.elapsed() >= Duration::from_millis(40));
+        seg.wait_for_change(seen, Duration::from_millis(1));
+        assert_eq!(seg.waiters(), 0, "a timed-out waiter is no longer counted");
+        assert_eq!(seg.wake_seq(), seen, "nothing was notified");
+    }
+
+    /// A sleeping waiter is counted while it sleeps and woken by `notify`;
+    /// it sleeps with a timeout far beyond the test's patience, so only the
+    /// wake can end it in time.
+    #[test]
+    fn notify_wakes_a_sleeping_waiter() {
+        let seg = std::sync::Arc::new(Segment::create(1, &[]).unwrap());
+        let seen = seg.wake_seq();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = {
+            let seg = seg.clone();
+            std::thread::spawn(move || {
+                seg.wait_for_change(seen, Duration::from_secs(3600));
+                let _ = tx.send(());
+            })
+        };
+        while seg.waiters() == 0 {
+            std::thread::yield_now();
+        }
+        seg.notify();
+        rx.recv_timeout(Duration::from_secs(600))
+            .expect("the waiter was not woken");
+        waiter.join().unwrap();
+        assert_eq!(seg.waiters(), 0);
+    }
+
+    #[test]
+    fn switching_the_primary_starts_a_new_epoch() {
+        let seg = Segment::create(1, &[]).unwrap();
+        assert_eq!(
+            seg.primary(),
+            Primary {
+                server: 0,
+                epoch: 0
+            }
+        );
+        assert_eq!(
+            seg.switch_primary(1),
+            Primary {
+                server: 1,
+                epoch: 1
+            }
+        );
+        let again = Segment::attach_file(seg.memfd().try_clone().unwrap()).unwrap();
+        assert_eq!(
+            again.primary(),
+            Primary {
+                server: 1,
+                epoch: 1
+            }
+        );
+        assert_eq!(
+            seg.switch_primary(1).epoch,
+            2,
+            "every switch is a new epoch"
+        );
     }
 }

@@ -6,12 +6,31 @@
 //! owner, which is what lets the supervisor reclaim the slots of a worker that
 //! died at any point.
 //!
-//! The other fields are written only by the process that owns the slot, and
-//! read by others only after they won it in turn; the swap's acquire/release
-//! ordering publishes them.
+//! # Who may touch what
+//!
+//! The owner rule: only the process that owns a slot (won the swap that put
+//! its pid in the state word) writes the slot's fields, and it writes them
+//! before the release swap that hands the slot on. The one exception is
+//! `mark_close_on_release`, an atomic `fetch_or` anyone may do.
+//!
+//! Fields that other processes read while an owner may be writing them are
+//! shared-memory types, so a concurrent read is defined and never torn:
+//!
+//! * atomics: state and owner, generation, key, limit, server and epoch,
+//!   backend pid and key (one word, read together by cancel routing),
+//!   client key, flags, timestamps;
+//! * a seqlock (`Names`): database and user, read by `status`,
+//!   `flush DB` and the slot listing while a worker may be rewriting them;
+//!   a reader retries until it sees one whole write.
+//!
+//! The prepared-statement set is atomics too, although only owners use it.
+//! The start-up blob and the authentication proof are the only plain bytes:
+//! they are read only by a later owner, after the acquire swap that made it
+//! owner, so the swap orders the read after the last write.
 
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// PostgreSQL's NAMEDATALEN: database and role names are at most 63 bytes.
 pub const NAME_CAPACITY: usize = 64;
@@ -30,6 +49,15 @@ pub const NO_OWNER: i32 = 0;
 /// Slot flag: the connection is to be closed when its holder gives it back
 /// (`flush gracefully`, `switch-to`) instead of going back to the pool.
 pub const CLOSE_ON_RELEASE: u32 = 1;
+
+const NAME_WORDS: usize = NAME_CAPACITY / 8;
+/// Reads of the names that may find a write in progress before the reader
+/// starts yielding the processor to the writer.
+const NAME_SPINS: usize = 100;
+/// Then yields, until the write ends; a write that has not ended after this
+/// long is taken for one whose writer died (the slot's next owner rewrites
+/// the names). A live writer's write is a few dozen stores.
+const DEAD_WRITER: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u32)]
@@ -99,13 +127,113 @@ fn unpack(word: u64) -> (Option<SlotState>, i32) {
     (SlotState::from_u32((word >> 32) as u32), word as u32 as i32)
 }
 
-/// The database and user a slot's connection belongs to.
+/// The database and user a slot's connection belongs to, as a seqlock:
+/// the owner (the only writer) makes `seq` odd, stores the words and makes
+/// it even again; a reader keeps a copy only if `seq` was even and the same
+/// before and after it read.
 #[repr(C)]
-struct Identity {
-    database_len: u8,
-    user_len: u8,
+struct Names {
+    seq: AtomicU32,
+    /// Database length in the low 16 bits, user length in the high ones.
+    lens: AtomicU32,
+    database: [AtomicU64; NAME_WORDS],
+    user: [AtomicU64; NAME_WORDS],
+}
+
+/// A consistent copy of a slot's database and user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
     database: [u8; NAME_CAPACITY],
+    database_len: usize,
     user: [u8; NAME_CAPACITY],
+    user_len: usize,
+}
+
+impl Identity {
+    pub fn database(&self) -> &[u8] {
+        &self.database[..self.database_len]
+    }
+
+    pub fn user(&self) -> &[u8] {
+        &self.user[..self.user_len]
+    }
+}
+
+fn store_words(words: &[AtomicU64; NAME_WORDS], bytes: &[u8]) {
+    for (i, word) in words.iter().enumerate() {
+        let mut w = [0u8; 8];
+        let from = (i * 8).min(bytes.len());
+        let to = (from + 8).min(bytes.len());
+        w[..to - from].copy_from_slice(&bytes[from..to]);
+        word.store(u64::from_le_bytes(w), Ordering::Relaxed);
+    }
+}
+
+fn load_words(words: &[AtomicU64; NAME_WORDS]) -> [u8; NAME_CAPACITY] {
+    let mut out = [0u8; NAME_CAPACITY];
+    for (chunk, word) in out.chunks_exact_mut(8).zip(words) {
+        chunk.copy_from_slice(&word.load(Ordering::Relaxed).to_le_bytes());
+    }
+    out
+}
+
+impl Names {
+    /// Owner only, so there is a single writer.
+    fn store(&self, database: &[u8], user: &[u8]) {
+        // `| 1` rather than an increment: a writer that died between the
+        // two stores left `seq` odd, and this write still ends even.
+        let odd = self.seq.load(Ordering::Relaxed) | 1;
+        self.seq.store(odd, Ordering::Relaxed);
+        // Orders the odd `seq` before the words: a reader that sees any new
+        // word then sees `seq` changed (its acquire fence pairs with this).
+        fence(Ordering::Release);
+        self.lens.store(
+            database.len() as u32 | ((user.len() as u32) << 16),
+            Ordering::Relaxed,
+        );
+        store_words(&self.database, database);
+        store_words(&self.user, user);
+        self.seq.store(odd.wrapping_add(1), Ordering::Release);
+    }
+
+    fn load(&self) -> Option<Identity> {
+        // The odd sequence last seen, and since when: a writer that keeps
+        // the same one odd this long died in the middle of its write.
+        let mut stuck: Option<(u32, Instant)> = None;
+        for attempt in 0.. {
+            let before = self.seq.load(Ordering::Acquire);
+            if before & 1 == 0 {
+                let lens = self.lens.load(Ordering::Relaxed);
+                let database = load_words(&self.database);
+                let user = load_words(&self.user);
+                // Orders the loads above before the check of `seq` below.
+                fence(Ordering::Acquire);
+                if self.seq.load(Ordering::Relaxed) == before {
+                    return Some(Identity {
+                        database,
+                        database_len: (lens as usize & 0xffff).min(NAME_CAPACITY),
+                        user,
+                        user_len: (lens as usize >> 16).min(NAME_CAPACITY),
+                    });
+                }
+            } else {
+                match stuck {
+                    Some((seq, since)) if seq == before => {
+                        if since.elapsed() >= DEAD_WRITER {
+                            return None;
+                        }
+                    }
+                    _ => stuck = Some((before, Instant::now())),
+                }
+            }
+            if attempt < NAME_SPINS {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        None
+    }
 }
 
 /// What the client that opened the connection proved (see
@@ -118,13 +246,14 @@ struct ProofBlob {
 
 /// Which prepared statements the connection has: 64-bit statement hashes
 /// (pgcorral's server-side names are derived from them) with a use stamp
-/// each, for least-recently-used eviction.
+/// each, for least-recently-used eviction. Owner only; atomics (relaxed,
+/// ordered by the ownership swaps) only so that no `unsafe` is needed.
 #[repr(C)]
 struct PreparedSet {
-    len: u32,
-    clock: u32,
-    hashes: [u64; PREPARED_CAPACITY],
-    stamps: [u32; PREPARED_CAPACITY],
+    len: AtomicU32,
+    clock: AtomicU32,
+    hashes: [AtomicU64; PREPARED_CAPACITY],
+    stamps: [AtomicU32; PREPARED_CAPACITY],
 }
 
 #[repr(C)]
@@ -140,31 +269,39 @@ pub struct Slot {
     /// a copy of an older socket can tell it is stale.
     generation: AtomicU64,
     /// Hash of (database, user): lets a worker scan for a match without
-    /// reading names it does not own.
+    /// reading the names.
     key: AtomicU64,
     /// Index of the `[[limit]]` rule this connection counts against, or -1.
     limit: AtomicI32,
+    /// Index (in the configuration's order) of the server the connection
+    /// is to; cancels for it go there.
     server: AtomicU32,
-    backend_pid: AtomicI32,
-    backend_key: AtomicI32,
     /// Secret half of the BackendKeyData the current client was given; the
     /// process id half is the owner's pid. Lets a CancelRequest find the
     /// connection its client holds right now, and nothing else.
     client_key: AtomicI32,
-    /// `CLOSE_ON_RELEASE`; fills what was padding before `created_ms`.
+    /// `CLOSE_ON_RELEASE`.
     flags: AtomicU32,
+    /// The server's BackendKeyData, process id (high 32 bits) and secret
+    /// key (low), in one word so that cancel routing reads a pair that
+    /// belongs to one connection.
+    backend: AtomicU64,
     created_ms: AtomicU64,
     last_used_ms: AtomicU64,
-    identity: UnsafeCell<Identity>,
+    /// The segment's primary epoch the connection was opened for; a
+    /// `switch-to` since then makes it stale (`pool::is_current`).
+    epoch: AtomicU32,
+    _reserved: AtomicU32,
+    names: Names,
+    prepared: PreparedSet,
     startup: UnsafeCell<StartupBlob>,
     proof: UnsafeCell<ProofBlob>,
-    prepared: UnsafeCell<PreparedSet>,
 }
 
-// SAFETY: every shared field is atomic; the two UnsafeCell fields are written
-// only by the slot's owner (the winner of the compare-and-swap that made it
-// owner) and read only by a later owner, ordered by the swap's
-// acquire/release semantics.
+// SAFETY: every field is atomic except the start-up blob and the proof,
+// which are written only by the slot's owner and read only by a later
+// owner, ordered by the acquire/release swap that made it owner (the rule
+// in the module documentation).
 unsafe impl Sync for Slot {}
 
 /// Why a transition did not happen: the state the slot was actually in.
@@ -254,17 +391,24 @@ impl Slot {
         self.server.load(Ordering::Acquire)
     }
 
+    /// The server's process id and secret key, read together.
+    pub fn backend(&self) -> (i32, i32) {
+        let word = self.backend.load(Ordering::Acquire);
+        ((word >> 32) as u32 as i32, word as u32 as i32)
+    }
+
     pub fn backend_pid(&self) -> i32 {
-        self.backend_pid.load(Ordering::Acquire)
+        self.backend().0
     }
 
     pub fn backend_key(&self) -> i32 {
-        self.backend_key.load(Ordering::Acquire)
+        self.backend().1
     }
 
+    /// Owner only.
     pub fn set_backend(&self, pid: i32, key: i32) {
-        self.backend_pid.store(pid, Ordering::Release);
-        self.backend_key.store(key, Ordering::Release);
+        let word = (u64::from(pid as u32) << 32) | u64::from(key as u32);
+        self.backend.store(word, Ordering::Release);
     }
 
     pub fn client_key(&self) -> i32 {
@@ -305,26 +449,26 @@ impl Slot {
         self.last_used_ms.store(now_ms, Ordering::Release);
     }
 
-    /// Records what the new connection is for. Only the slot's owner may call
-    /// this, while the slot is INIT.
+    /// The primary epoch the connection was opened for.
+    pub fn epoch(&self) -> u32 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Records what the new connection is for: names, limit rule, and the
+    /// server and primary epoch it is opened for. Only the slot's owner may
+    /// call this, while the slot is INIT.
+    #[allow(clippy::too_many_arguments)]
     pub fn set_identity(
         &self,
         database: &str,
         user: &str,
         limit: Option<usize>,
         server: u32,
+        epoch: u32,
         now_ms: u64,
     ) {
-        let db = truncate_name(database);
-        let us = truncate_name(user);
-        // SAFETY: the caller owns the slot (it won the swap to INIT), so no
-        // other process reads or writes the identity until the owner
-        // publishes it with a later release swap.
-        let id = unsafe { &mut *self.identity.get() };
-        id.database[..db.len()].copy_from_slice(db);
-        id.database_len = db.len() as u8;
-        id.user[..us.len()].copy_from_slice(us);
-        id.user_len = us.len() as u8;
+        self.names
+            .store(truncate_name(database), truncate_name(user));
         self.key
             .store(identity_key(database, user), Ordering::Release);
         self.limit.store(
@@ -332,29 +476,31 @@ impl Slot {
             Ordering::Release,
         );
         self.server.store(server, Ordering::Release);
+        self.epoch.store(epoch, Ordering::Release);
         self.created_ms.store(now_ms, Ordering::Release);
         self.last_used_ms.store(now_ms, Ordering::Release);
     }
 
-    /// Whether the slot's connection is for this database and user. Only
-    /// meaningful to the slot's owner (or to a reader that tolerates a stale
-    /// answer, such as a status display).
+    /// Whether the slot's connection is for this database and user. Exact
+    /// for the slot's owner; another reader gets the answer for one whole
+    /// identity the slot had while it looked.
     pub fn matches(&self, database: &str, user: &str) -> bool {
-        let (db, us) = self.identity();
-        db == truncate_name(database) && us == truncate_name(user)
+        self.identity().is_some_and(|id| {
+            id.database() == truncate_name(database) && id.user() == truncate_name(user)
+        })
     }
 
-    /// Database and user bytes. The owner reads them exactly; other readers
-    /// (status displays) may see a value that is being replaced.
-    pub fn identity(&self) -> (&[u8], &[u8]) {
-        // SAFETY: the identity is plain bytes with lengths bounded by
-        // NAME_CAPACITY (clamped below), so even a read racing the owner's
-        // write yields in-bounds bytes; owners read it only after the swap
-        // that made them owner, which orders it after the last write.
-        let id = unsafe { &*self.identity.get() };
-        let dl = (id.database_len as usize).min(NAME_CAPACITY);
-        let ul = (id.user_len as usize).min(NAME_CAPACITY);
-        (&id.database[..dl], &id.user[..ul])
+    /// A consistent copy of the database and user; `None` only if a writer
+    /// died in the middle of writing them.
+    pub fn identity(&self) -> Option<Identity> {
+        self.names.load()
+    }
+
+    /// The owner, before publishing the slot empty: the backend and the
+    /// client key belonged to the connection, which is gone.
+    pub fn clear_backend(&self) {
+        self.set_backend(0, 0);
+        self.set_client_key(0);
     }
 
     /// Stores the server's start-up messages for replay. Owner only.
@@ -363,7 +509,8 @@ impl Slot {
         if bytes.len() > STARTUP_CAPACITY {
             return false;
         }
-        // SAFETY: only the owner writes the blob (see `set_identity`).
+        // SAFETY: only the owner writes the blob and only a later owner
+        // reads it (module documentation), so nothing aliases this borrow.
         let blob = unsafe { &mut *self.startup.get() };
         blob.bytes[..bytes.len()].copy_from_slice(bytes);
         blob.len = bytes.len() as u32;
@@ -375,7 +522,7 @@ impl Slot {
         if bytes.len() > PROOF_CAPACITY {
             return false;
         }
-        // SAFETY: only the owner writes the proof (see `set_identity`).
+        // SAFETY: owner-only, as for `set_startup`.
         let blob = unsafe { &mut *self.proof.get() };
         blob.bytes[..bytes.len()].copy_from_slice(bytes);
         blob.len = bytes.len() as u32;
@@ -384,7 +531,9 @@ impl Slot {
 
     /// The authentication proof. Owner only.
     pub fn proof(&self) -> &[u8] {
-        // SAFETY: as for `startup`.
+        // SAFETY: read by the owner after the acquire swap that made it
+        // owner; the length is clamped so a corrupt value cannot read out
+        // of bounds.
         let blob = unsafe { &*self.proof.get() };
         &blob.bytes[..(blob.len as usize).min(PROOF_CAPACITY)]
     }
@@ -394,13 +543,24 @@ impl Slot {
         self.prepared_index(hash).is_some()
     }
 
+    fn prepared_len(&self) -> usize {
+        (self.prepared.len.load(Ordering::Relaxed) as usize).min(PREPARED_CAPACITY)
+    }
+
+    /// A new use stamp.
+    fn tick(&self) -> u32 {
+        self.prepared
+            .clock
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_add(1)
+    }
+
     fn prepared_index(&self, hash: u64) -> Option<usize> {
-        // SAFETY: owner-only, as for `startup`; the length is clamped.
-        let set = unsafe { &mut *self.prepared.get() };
-        let n = (set.len as usize).min(PREPARED_CAPACITY);
-        let i = set.hashes[..n].iter().position(|h| *h == hash)?;
-        set.clock = set.clock.wrapping_add(1);
-        set.stamps[i] = set.clock;
+        let set = &self.prepared;
+        let i = set.hashes[..self.prepared_len()]
+            .iter()
+            .position(|h| h.load(Ordering::Relaxed) == hash)?;
+        set.stamps[i].store(self.tick(), Ordering::Relaxed);
         Some(i)
     }
 
@@ -411,46 +571,46 @@ impl Slot {
         if self.prepared_index(hash).is_some() {
             return None;
         }
-        // SAFETY: owner-only, as for `startup`.
-        let set = unsafe { &mut *self.prepared.get() };
-        set.clock = set.clock.wrapping_add(1);
-        let n = (set.len as usize).min(PREPARED_CAPACITY);
+        let set = &self.prepared;
+        let clock = self.tick();
+        let n = self.prepared_len();
         if n < PREPARED_CAPACITY {
-            set.hashes[n] = hash;
-            set.stamps[n] = set.clock;
-            set.len = n as u32 + 1;
+            set.hashes[n].store(hash, Ordering::Relaxed);
+            set.stamps[n].store(clock, Ordering::Relaxed);
+            set.len.store(n as u32 + 1, Ordering::Relaxed);
             return None;
         }
-        let clock = set.clock;
-        let oldest = (0..n).max_by_key(|&i| clock.wrapping_sub(set.stamps[i]))?;
-        let evicted = set.hashes[oldest];
-        set.hashes[oldest] = hash;
-        set.stamps[oldest] = clock;
+        let oldest =
+            (0..n).max_by_key(|&i| clock.wrapping_sub(set.stamps[i].load(Ordering::Relaxed)))?;
+        let evicted = set.hashes[oldest].swap(hash, Ordering::Relaxed);
+        set.stamps[oldest].store(clock, Ordering::Relaxed);
         Some(evicted)
     }
 
     /// Owner only.
     pub fn remove_prepared(&self, hash: u64) {
-        // SAFETY: owner-only, as for `startup`.
-        let set = unsafe { &mut *self.prepared.get() };
-        let n = (set.len as usize).min(PREPARED_CAPACITY);
-        if let Some(i) = set.hashes[..n].iter().position(|h| *h == hash) {
-            set.hashes[i] = set.hashes[n - 1];
-            set.stamps[i] = set.stamps[n - 1];
-            set.len = n as u32 - 1;
+        let set = &self.prepared;
+        let n = self.prepared_len();
+        if let Some(i) = set.hashes[..n]
+            .iter()
+            .position(|h| h.load(Ordering::Relaxed) == hash)
+        {
+            let last_hash = set.hashes[n - 1].load(Ordering::Relaxed);
+            let last_stamp = set.stamps[n - 1].load(Ordering::Relaxed);
+            set.hashes[i].store(last_hash, Ordering::Relaxed);
+            set.stamps[i].store(last_stamp, Ordering::Relaxed);
+            set.len.store(n as u32 - 1, Ordering::Relaxed);
         }
     }
 
     /// The connection has none (new, or after DISCARD ALL). Owner only.
     pub fn clear_prepared(&self) {
-        // SAFETY: owner-only, as for `startup`.
-        unsafe { (*self.prepared.get()).len = 0 };
+        self.prepared.len.store(0, Ordering::Relaxed);
     }
 
     /// The server's start-up messages. Owner only.
     pub fn startup(&self) -> &[u8] {
-        // SAFETY: read by the owner after the acquire swap that made it owner;
-        // the length is clamped so a corrupt value cannot read out of bounds.
+        // SAFETY: as for `proof`.
         let blob = unsafe { &*self.startup.get() };
         &blob.bytes[..(blob.len as usize).min(STARTUP_CAPACITY)]
     }
@@ -499,7 +659,7 @@ mod tests {
         assert!(s.try_reserve(10));
         assert!(!s.try_reserve(11), "reserved twice");
         assert_eq!(s.snapshot(), (SlotState::Init, 10));
-        s.set_identity("db", "alice", Some(2), 0, 5);
+        s.set_identity("db", "alice", Some(2), 0, 0, 5);
         assert!(s.matches("db", "alice"));
         assert!(!s.matches("db", "bob"));
         assert_eq!(s.limit_index(), Some(2));
@@ -524,8 +684,8 @@ mod tests {
         let s = fresh();
         assert!(s.try_reserve(1));
         let long = "x".repeat(200);
-        s.set_identity(&long, "u", None, 0, 0);
-        assert_eq!(s.identity().0.len(), NAME_CAPACITY - 1);
+        s.set_identity(&long, "u", None, 0, 0, 0);
+        assert_eq!(s.identity().unwrap().database().len(), NAME_CAPACITY - 1);
         assert!(s.matches(&long, "u"));
         assert_eq!(s.limit_index(), None);
         assert_ne!(identity_key("ab", "c"), identity_key("a", "bc"));
@@ -586,7 +746,6 @@ mod tests {
                     database: "d",
                     user: "u",
                     limit: Some(0),
-                    server: 0,
                 };
                 for round in 0..ROUNDS {
                     let Some(got) = pool::try_acquire(&seg, want, me) else {
@@ -642,6 +801,145 @@ mod tests {
             .iter()
             .all(|s| matches!(s.state(), SlotState::Free | SlotState::NotInit)));
         assert!(seg.limits()[0].active() as usize <= SLOTS);
+    }
+
+    /// Names as `status` and `flush DB` read them, from another process.
+    fn read_names(slot: &Slot) -> Option<(Vec<u8>, Vec<u8>)> {
+        slot.identity()
+            .map(|id| (id.database().to_vec(), id.user().to_vec()))
+    }
+
+    /// The identities the stress test writes: each name is one repeated
+    /// byte, database and user differ in byte and length, so a torn read
+    /// (bytes of two writes, or a length from another) shows as a pair
+    /// that is not in this list.
+    fn stress_identity(i: usize) -> (String, String) {
+        const LENGTHS: [usize; 6] = [1, 63, 7, 40, 2, 25];
+        let db = char::from(b'a' + i as u8).to_string().repeat(LENGTHS[i]);
+        let user = char::from(b'A' + i as u8)
+            .to_string()
+            .repeat(LENGTHS[(i + 3) % 6]);
+        (db, user)
+    }
+
+    /// Forked workers take slots for six identities (evicting each other's
+    /// idle connections, so names are rewritten all the time) while another
+    /// process reads every slot's names as `status` does: each read is
+    /// either nothing yet or exactly one identity that was written.
+    #[test]
+    fn names_read_by_another_process_are_never_torn() {
+        use crate::pool::{self, Acquired, Want};
+        use crate::segment::Segment;
+        use std::sync::atomic::{AtomicU32, Ordering};
+
+        const SLOTS: usize = 3;
+        const WRITERS: usize = 4;
+        const ROUNDS: usize = 20_000;
+        let seg = Segment::create(SLOTS, &[]).unwrap();
+        // counters[0]: writers still running; [1]: torn reads; [2]: reads
+        // that saw a name; [3]: unreadable (seqlock never settled).
+        let len = std::mem::size_of::<AtomicU32>() * 4;
+        // SAFETY: a fresh anonymous shared mapping of `len` bytes, zeroed by
+        // the kernel; unmapped at the end of the test.
+        let mem = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(mem, libc::MAP_FAILED);
+        // SAFETY: the mapping holds 4 zeroed u32s, valid AtomicU32s.
+        let counters = unsafe { std::slice::from_raw_parts(mem as *const AtomicU32, 4) };
+        counters[0].store(WRITERS as u32, Ordering::SeqCst);
+        let names: Vec<(String, String)> = (0..6).map(stress_identity).collect();
+
+        let mut children = Vec::new();
+        // SAFETY: the reader child only reads the segment and bumps atomic
+        // counters (its allocations happen before the fork or are its own
+        // heap, copied at fork), then leaves with _exit.
+        let reader = unsafe { libc::fork() };
+        assert!(reader >= 0);
+        if reader == 0 {
+            loop {
+                let writing = counters[0].load(Ordering::SeqCst) > 0;
+                for slot in seg.slots() {
+                    match read_names(slot) {
+                        None => {
+                            counters[3].fetch_add(1, Ordering::AcqRel);
+                        }
+                        Some((d, u)) if d.is_empty() && u.is_empty() => {}
+                        Some((d, u)) => {
+                            counters[2].fetch_add(1, Ordering::AcqRel);
+                            if !names
+                                .iter()
+                                .any(|(nd, nu)| nd.as_bytes() == d && nu.as_bytes() == u)
+                            {
+                                counters[1].fetch_add(1, Ordering::AcqRel);
+                            }
+                        }
+                    }
+                }
+                if !writing {
+                    // SAFETY: as for the writers below.
+                    unsafe { libc::_exit(0) };
+                }
+            }
+        }
+        children.push(reader);
+        for w in 0..WRITERS {
+            // SAFETY: as in `forked_processes_never_own_a_slot_twice`; the
+            // names were built before the fork.
+            let pid = unsafe { libc::fork() };
+            assert!(pid >= 0);
+            if pid == 0 {
+                // SAFETY: getpid has no preconditions.
+                let me = unsafe { libc::getpid() };
+                for round in 0..ROUNDS {
+                    let (db, user) = &names[(round * 7 + w * 5) % names.len()];
+                    let want = Want {
+                        database: db,
+                        user,
+                        limit: None,
+                    };
+                    let Some(got) = pool::try_acquire(&seg, want, me) else {
+                        std::hint::spin_loop();
+                        continue;
+                    };
+                    match got {
+                        Acquired::New(i) => {
+                            pool::publish_new(&seg, i, me);
+                            pool::release(&seg, i, me);
+                        }
+                        Acquired::Pooled(i) => {
+                            pool::release(&seg, i, me);
+                        }
+                    }
+                }
+                counters[0].fetch_sub(1, Ordering::SeqCst);
+                // SAFETY: _exit ends the child without running the parent's
+                // destructors or the test harness's atexit handlers.
+                unsafe { libc::_exit(0) };
+            }
+            children.push(pid);
+        }
+        for pid in children {
+            let mut status = 0;
+            // SAFETY: waiting on our own child with a valid status pointer.
+            assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+            assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+        }
+        let torn = counters[1].load(Ordering::Acquire);
+        let seen = counters[2].load(Ordering::Acquire);
+        let unreadable = counters[3].load(Ordering::Acquire);
+        // SAFETY: unmapping the mapping created above; `counters` is unused after.
+        unsafe { libc::munmap(mem, len) };
+        assert_eq!(torn, 0, "torn names read ({seen} reads)");
+        assert_eq!(unreadable, 0, "a name could not be read");
+        assert!(seen > 0, "the reader never saw a name");
     }
 
     #[test]

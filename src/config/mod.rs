@@ -361,6 +361,23 @@ impl Config {
             .unwrap_or_else(|| FALLBACK.get_or_init(ServerConfig::default))
     }
 
+    /// The server at `index` in configuration order, as slots and the
+    /// shared segment record it. Servers cannot be added or removed without
+    /// a restart, so every process maps an index to the same server; an
+    /// index out of range (never written by pgcorral) gives the primary.
+    pub fn server_at(&self, index: u32) -> &ServerConfig {
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| self.servers.get(i))
+            .unwrap_or_else(|| self.primary_server())
+    }
+
+    /// The index of the server named `name`, in configuration order.
+    pub fn server_index(&self, name: &str) -> Option<u32> {
+        let i = self.servers.iter().position(|s| s.name == name)?;
+        u32::try_from(i).ok()
+    }
+
     /// Best-match limit rule for (database, user): exact match first; then user
     /// matches with database "all"; then database matches with user "all"; then
     /// all/all. Returns the rule's index in `limits` and the rule.

@@ -25,6 +25,7 @@ use crate::management::reply::{
     Reply, ServerStatus, Shutdown, SlotStatus, Status, SwitchTo,
 };
 use crate::pool;
+use crate::segment::Segment;
 use crate::slot::{Slot, SlotState, NO_OWNER};
 
 /// Every state, in the order `status` reports them.
@@ -65,9 +66,16 @@ impl Admin {
 /// A command's result, printed as text or JSON from the one value.
 pub(super) type Done = Box<dyn Reply>;
 
-/// The database part of a slot's identity, cut like the slot cuts it.
-fn slot_database(slot: &Slot) -> String {
-    String::from_utf8_lossy(slot.identity().0).into_owned()
+/// Database and user of a slot, cut like the slot cuts them; `?` for a
+/// name whose writer died in the middle of writing it.
+fn slot_names(slot: &Slot) -> (String, String) {
+    match slot.identity() {
+        Some(id) => (
+            String::from_utf8_lossy(id.database()).into_owned(),
+            String::from_utf8_lossy(id.user()).into_owned(),
+        ),
+        None => ("?".to_string(), "?".to_string()),
+    }
 }
 
 fn matches_database(slot: &Slot, db: &Database) -> bool {
@@ -76,7 +84,9 @@ fn matches_database(slot: &Slot, db: &Database) -> bool {
         Some(d) => {
             // Slots keep at most NAMEDATALEN - 1 bytes of a name.
             let want = d.as_bytes();
-            slot.identity().0 == &want[..want.len().min(crate::slot::NAME_CAPACITY - 1)]
+            slot.identity().is_some_and(|id| {
+                id.database() == &want[..want.len().min(crate::slot::NAME_CAPACITY - 1)]
+            })
         }
     }
 }
@@ -157,9 +167,11 @@ impl Supervisor {
 
     /// The once-a-second duty: idle connections marked to be closed (a
     /// client gave one back FREE in the instant between a flush marking it
-    /// and the flush's pass over idle connections) are closed.
+    /// and the flush's pass over idle connections) or stale (given back in
+    /// the instant of a `switch-to`) are closed.
     pub(super) fn admin_tick(&mut self) {
-        let n = self.close_idle(|slot| slot.close_on_release());
+        let n =
+            self.close_idle(|seg, slot| slot.close_on_release() || !pool::is_current(seg, slot));
         if n > 0 {
             log::debug!("{n} flushed idle connection(s) closed");
         }
@@ -168,19 +180,19 @@ impl Supervisor {
     /// Takes every FREE slot that `pick` selects (FREE → FLUSH, with one
     /// compare-and-swap, so no worker can take it meanwhile), closes its
     /// connection with a Terminate and empties it. Returns how many.
-    fn close_idle(&mut self, pick: impl Fn(&Slot) -> bool) -> usize {
+    fn close_idle(&mut self, pick: impl Fn(&Segment, &Slot) -> bool) -> usize {
         let me = std::process::id() as i32;
         let mut closed = 0;
         for i in 0..self.segment.slots().len() {
             let slot = &self.segment.slots()[i];
-            if slot.state() != SlotState::Free || !pick(slot) {
+            if slot.state() != SlotState::Free || !pick(&self.segment, slot) {
                 continue;
             }
             if !pool::take_for_check(&self.segment, i, SlotState::Flush, me) {
                 continue;
             }
             // Ours now, so its identity is stable: look again.
-            if !pick(slot) {
+            if !pick(&self.segment, slot) {
                 pool::return_checked(&self.segment, i, SlotState::Flush, me);
                 continue;
             }
@@ -221,7 +233,7 @@ impl Supervisor {
                 }
             }
         }
-        let closed = self.close_idle(|slot| matches_database(slot, database));
+        let closed = self.close_idle(|_, slot| matches_database(slot, database));
         for pid in &owners {
             let _ = kill(Pid::from_raw(*pid), Signal::SIGQUIT);
         }
@@ -330,22 +342,51 @@ impl Supervisor {
         Ok(())
     }
 
+    /// `switch-to`: the shared segment gets the new primary and a new
+    /// epoch, which every worker reads for its next connection, however
+    /// long ago it was forked. Connections opened before are stale
+    /// (`pool::is_current`): idle ones are closed now, in-use ones are
+    /// marked and closed when given back (`pool::release` would also refuse
+    /// to pool them, as it does for a slot stamped in the instant of the
+    /// switch); the once-a-second tick closes any that turn up FREE later.
     fn switch_to(&mut self, server: &str) -> Result<Done, String> {
-        if !self.config.servers.iter().any(|s| s.name == server) {
+        let Some(index) = self.config.server_index(server) else {
             return Err(format!("no server named \"{server}\""));
-        }
-        let previous = self.config.primary_server().name.clone();
-        if previous == server {
+        };
+        let current = self.segment.primary().server;
+        let previous = self.config.server_at(current).name.clone();
+        if current == index {
             return Ok(Box::new(SwitchTo::after(server, &previous, &Flush::none())));
         }
+        // The configuration copy follows, for `conf get` and a later fork.
         for s in &mut self.config.servers {
             s.primary = s.name == server;
         }
+        let now = self.segment.switch_primary(index);
         self.admin.failed.insert(previous.clone());
         self.admin.failed.remove(server);
-        log::warn!("switch-to: primary server is now \"{server}\" (was \"{previous}\")");
-        // Connections to the old primary must not be handed out again.
-        let flushed = self.flush(FlushMode::Gracefully, &None);
+        log::warn!(
+            "switch-to: primary server is now \"{server}\" (was \"{previous}\"), epoch {}",
+            now.epoch
+        );
+        let mut marked = 0usize;
+        for slot in self.segment.slots() {
+            let state = slot.state();
+            if state == SlotState::NotInit || pool::is_current(&self.segment, slot) {
+                continue;
+            }
+            slot.mark_close_on_release();
+            if state != SlotState::Free {
+                marked += 1;
+            }
+        }
+        let closed = self.close_idle(|seg, slot| !pool::is_current(seg, slot));
+        log::info!(
+            "switch-to: {closed} idle connection(s) to \"{previous}\" closed, {marked} in use marked"
+        );
+        let mut flushed = Flush::none();
+        flushed.closed = closed;
+        flushed.marked = marked;
         Ok(Box::new(SwitchTo::after(server, &previous, &flushed)))
     }
 
@@ -370,7 +411,8 @@ impl Supervisor {
         }
         let pipeline = crate::pipeline::resolve(self.config.main.pipeline)
             .unwrap_or(self.config.main.pipeline);
-        let primary = self.config.primary_server();
+        // The segment's primary is what workers connect to.
+        let primary = self.config.server_at(self.segment.primary().server);
         let servers = self
             .config
             .servers
@@ -448,11 +490,12 @@ impl Supervisor {
                     close_on_release: false,
                 }
             } else {
+                let (database, user) = slot_names(slot);
                 SlotStatus {
                     slot: i,
                     state: state.name(),
-                    database: Some(slot_database(slot)),
-                    user: Some(String::from_utf8_lossy(slot.identity().1).into_owned()),
+                    database: Some(database),
+                    user: Some(user),
                     server: Some(self.server_name(slot.server())),
                     owner_pid: (owner != NO_OWNER).then_some(owner),
                     backend_pid: Some(slot.backend_pid()),

@@ -100,6 +100,7 @@ impl Supervisor {
             .map(|l| l.max_size.min(u32::MAX as usize) as u32)
             .collect();
         let segment = Segment::create(main.max_connections, &limit_sizes)?;
+        segment.switch_primary(config.primary_index());
         let sockets =
             PooledSockets::new(main.max_connections).map_err(SupervisorError::Descriptors)?;
         let signals = signals::Signals::new().map_err(SupervisorError::Signals)?;

@@ -147,7 +147,6 @@ impl Prefill<'_> {
             database: &t.database,
             user: &t.user,
             limit: Some(t.rule),
-            server: 0,
         };
         let i = pool::reserve_for_prefill(self.segment, want, me).ok_or(PrefillError::NoRoom)?;
         match self.connect_into(t, i, me, management) {
@@ -172,8 +171,9 @@ impl Prefill<'_> {
             Some(pw) => Login::Password(pw),
             None => Login::Trust,
         };
+        let server = self.config.server_at(self.segment.slots()[i].server());
         let (conn, _) = server::connect(
-            self.config.primary_server(),
+            server,
             &t.user,
             &t.database,
             &[],

@@ -533,7 +533,6 @@ mod tests {
             database: "d",
             user: "u",
             limit: Some(0),
-            server: 0,
         };
         let mut held = Vec::new();
         for me in [10, 11] {

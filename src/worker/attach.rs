@@ -96,8 +96,10 @@ pub fn open_new(
     login: Login<'_>,
 ) -> Result<RawFd, WorkerError> {
     let relayed = matches!(login, Login::Relay(_));
+    // The server the pool recorded for the slot: the segment's primary,
+    // which a `switch-to` changes for workers forked before it too.
     let (conn, proof) = server::connect(
-        ctx.config.primary_server(),
+        ctx.config.server_at(ctx.segment.slots()[index].server()),
         startup.user().unwrap_or_default(),
         startup.database(),
         &startup.params,

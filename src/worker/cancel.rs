@@ -52,12 +52,14 @@ pub fn route(config: &Config, segment: &Segment, process_id: i32, secret: i32) -
         if slot.snapshot() != (SlotState::InUse, process_id) || slot.client_key() != secret {
             continue;
         }
-        let (pid, key) = (slot.backend_pid(), slot.backend_key());
+        let (pid, key) = slot.backend();
+        // The server the connection is to, which after a `switch-to` may
+        // no longer be the primary.
+        let server = config.server_at(slot.server());
         // Re-check: the slot may have changed hands while we read it.
         if slot.snapshot() != (SlotState::InUse, process_id) || slot.client_key() != secret {
             return false;
         }
-        let server = config.primary_server();
         let mut msg = Vec::with_capacity(16);
         protocol::encode_cancel_request(pid, key, &mut msg);
         let sent = if server.host.starts_with('/') {

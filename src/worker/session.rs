@@ -97,7 +97,6 @@ impl<'a> Session<'a> {
                 database: &self.database,
                 user: &self.user,
                 limit: self.limit,
-                server: 0,
             },
             startup: &self.startup,
             login,

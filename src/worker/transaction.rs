@@ -54,7 +54,6 @@ impl WorkerAttach<'_> {
                         database: &self.database,
                         user: &self.user,
                         limit: self.limit,
-                        server: 0,
                     },
                     startup: self.startup,
                     login,
