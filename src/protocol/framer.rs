@@ -12,6 +12,70 @@
 /// Tag byte plus Int32 length.
 pub const HEADER_LEN: usize = 5;
 
+/// A tagged message's header, read without touching its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub tag: u8,
+    /// The length field: body plus the four bytes of the field itself.
+    pub len: u32,
+}
+
+impl Header {
+    /// The header at the start of `buf`, or `None` while fewer than five
+    /// bytes are there. The length is checked (at least 4, at most
+    /// `max_len`) before anyone can size a buffer from it.
+    pub fn peek(buf: &[u8], max_len: u32) -> Result<Option<Header>, FrameError> {
+        let Some(&[tag, a, b, c, d]) = buf.first_chunk::<HEADER_LEN>() else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes([a, b, c, d]);
+        if len < 4 {
+            return Err(FrameError::BadLength { tag, len });
+        }
+        if len > max_len {
+            return Err(FrameError::TooLong {
+                tag,
+                len,
+                max: max_len,
+            });
+        }
+        Ok(Some(Header { tag, len }))
+    }
+
+    /// Body bytes that follow the header.
+    pub fn body_len(self) -> usize {
+        self.len as usize - 4
+    }
+
+    /// Header and body together.
+    pub fn frame_len(self) -> usize {
+        self.len as usize + 1
+    }
+}
+
+/// One whole message borrowed from a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frame<'a> {
+    pub tag: u8,
+    pub body: &'a [u8],
+}
+
+/// The whole messages at the start of `buf`, in order; ends at the first
+/// one cut short or with an impossible length. For buffers pgcorral keeps
+/// itself (a slot's start-up messages), whose end is the end of the data.
+pub fn frames(buf: &[u8]) -> impl Iterator<Item = Frame<'_>> {
+    let mut rest = buf;
+    std::iter::from_fn(move || {
+        let h = Header::peek(rest, u32::MAX).ok()??;
+        let frame = rest.get(..h.frame_len())?;
+        rest = &rest[h.frame_len()..];
+        Some(Frame {
+            tag: h.tag,
+            body: &frame[HEADER_LEN..],
+        })
+    })
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
     #[error("message '{tag}' has an invalid length {len}", tag = *tag as char)]
@@ -109,21 +173,9 @@ impl Framer {
                     });
                 }
             }
-            if buf.len() - at < HEADER_LEN {
+            let Some(Header { tag, len }) = Header::peek(&buf[at..], self.max_len)? else {
                 return Ok(Scanned::Upto(at));
-            }
-            let tag = buf[at];
-            let len = u32::from_be_bytes([buf[at + 1], buf[at + 2], buf[at + 3], buf[at + 4]]);
-            if len < 4 {
-                return Err(FrameError::BadLength { tag, len });
-            }
-            if len > self.max_len {
-                return Err(FrameError::TooLong {
-                    tag,
-                    len,
-                    max: self.max_len,
-                });
-            }
+            };
             match on(Event::Start {
                 tag,
                 len,

@@ -44,7 +44,7 @@ pub use registry::{server_name, server_name_hash, statement_hash, ClientStatemen
 pub use rewriter::{Rewriter, Route};
 
 use super::responses::ResponseError;
-use crate::protocol::sqlstate;
+use crate::protocol::{sqlstate, ProtocolError};
 
 /// Every server-side statement name pgcorral creates starts with this.
 pub const SERVER_NAME_PREFIX: &str = "pgc_";
@@ -80,8 +80,8 @@ pub trait ServerStatements {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PreparedError {
-    #[error("malformed {what} message")]
-    Malformed { what: &'static str },
+    #[error("{0} message")]
+    Malformed(#[from] ProtocolError),
     #[error("two different statements hash to the server-side name {name}")]
     HashCollision { name: String },
     #[error("more than {MAX_OUTSTANDING} requests waiting for answers")]
@@ -96,7 +96,7 @@ impl PreparedError {
     /// The SQLSTATE to report to the client.
     pub fn sqlstate(&self) -> &'static str {
         match self {
-            PreparedError::Malformed { .. } => sqlstate::PROTOCOL_VIOLATION,
+            PreparedError::Malformed(_) => sqlstate::PROTOCOL_VIOLATION,
             PreparedError::HashCollision { .. } => sqlstate::INTERNAL_ERROR,
             PreparedError::TooManyOutstanding | PreparedError::TooManyDeferredCloses => {
                 sqlstate::PROGRAM_LIMIT_EXCEEDED

@@ -5,8 +5,7 @@ use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 
 use super::{PreparedError, SERVER_NAME_PREFIX};
-use crate::protocol::message::{put_cstr, write_message};
-use crate::protocol::tag::frontend;
+use crate::protocol::extended::Parse;
 
 /// One distinct statement, shared by every client name that maps to it.
 #[derive(Debug)]
@@ -29,10 +28,11 @@ impl Statement {
     }
 
     pub(super) fn write_parse(&self, out: &mut Vec<u8>) {
-        write_message(out, frontend::PARSE, |b| {
-            put_cstr(b, &self.server_name);
-            b.extend_from_slice(&self.text);
-        });
+        Parse {
+            name: self.server_name.as_bytes(),
+            text: &self.text,
+        }
+        .write(out);
     }
 }
 

@@ -11,7 +11,8 @@ use super::{
     MAX_OUTSTANDING, UNDEFINED_PREPARED_STATEMENT,
 };
 use crate::pipeline::responses::{Fate, Request, Responses, Show, Skipping, Synthetic};
-use crate::protocol::message::{put_cstr, put_cstr_bytes, write_message};
+use crate::protocol::extended::{Bind, Parse, Query, Target, TargetKind};
+use crate::protocol::message::write_message;
 use crate::protocol::tag::{frontend, transaction_status};
 
 /// Bookkeeping done when a request was sent, to be undone if the server
@@ -282,7 +283,7 @@ impl Rewriter {
     /// not even an error could reach into the client's next pipeline.
     fn close_deferred(&mut self, to_server: &mut Vec<u8>) {
         for name in self.deferred_closes.drain(..) {
-            put_describe_like(to_server, frontend::CLOSE, b'S', name.as_bytes());
+            put_statement_target(to_server, frontend::CLOSE, &name);
             self.responses.sent(Request::Close, Show::HideAll, None);
         }
         put(to_server, frontend::SYNC, &[]);
@@ -357,12 +358,7 @@ impl Rewriter {
         // (a DISCARD ALL that failed, closes lost with a client that left
         // mid-pipeline, a client's SQL PREPARE of our name). Closing a
         // missing statement is no error; parsing an existing name is.
-        put_describe_like(
-            to_server,
-            frontend::CLOSE,
-            b'S',
-            statement.server_name().as_bytes(),
-        );
+        put_statement_target(to_server, frontend::CLOSE, statement.server_name());
         self.responses.sent(Request::Close, Show::HideAnswer, None);
         statement.write_parse(to_server);
         if let Some(evicted) = server.insert(statement.server_name()) {
@@ -395,7 +391,7 @@ impl Rewriter {
         to_server: &mut Vec<u8>,
         to_client: &mut Vec<u8>,
     ) -> Result<(), PreparedError> {
-        let (name, text) = split_parse(body)?;
+        let Parse { name, text } = Parse::read(body)?;
         if name.is_empty() {
             self.responses.sent(Request::Parse, Show::Pass, None);
             put(to_server, frontend::PARSE, body);
@@ -434,11 +430,8 @@ impl Rewriter {
         to_server: &mut Vec<u8>,
         to_client: &mut Vec<u8>,
     ) -> Result<(), PreparedError> {
-        let BindParts {
-            portal,
-            statement: name,
-            rest,
-        } = split_bind(body)?;
+        let bind = Bind::read(body)?;
+        let name = bind.statement;
         if name.is_empty() {
             self.responses.sent(Request::Bind, Show::Pass, None);
             put(to_server, frontend::BIND, body);
@@ -449,11 +442,11 @@ impl Rewriter {
             return Ok(());
         };
         self.ensure(&statement, server, to_server);
-        write_message(to_server, frontend::BIND, |b| {
-            put_cstr_bytes(b, portal);
-            put_cstr(b, statement.server_name());
-            b.extend_from_slice(rest);
-        });
+        Bind {
+            statement: statement.server_name().as_bytes(),
+            ..bind
+        }
+        .write(to_server);
         self.responses
             .sent(Request::Bind, Show::Pass, Some(Note::Uses(statement)));
         Ok(())
@@ -466,8 +459,8 @@ impl Rewriter {
         to_server: &mut Vec<u8>,
         to_client: &mut Vec<u8>,
     ) -> Result<(), PreparedError> {
-        let (kind, name) = split_describe_like(body, "Describe")?;
-        if kind == b'P' {
+        let Target { kind, name } = Target::read(frontend::DESCRIBE, body)?;
+        if kind == TargetKind::Portal {
             self.responses
                 .sent(Request::DescribePortal, Show::Pass, None);
             put(to_server, frontend::DESCRIBE, body);
@@ -484,12 +477,7 @@ impl Rewriter {
             return Ok(());
         };
         self.ensure(&statement, server, to_server);
-        put_describe_like(
-            to_server,
-            frontend::DESCRIBE,
-            b'S',
-            statement.server_name().as_bytes(),
-        );
+        put_statement_target(to_server, frontend::DESCRIBE, statement.server_name());
         self.responses.sent(
             Request::DescribeStatement,
             Show::Pass,
@@ -505,8 +493,8 @@ impl Rewriter {
         to_server: &mut Vec<u8>,
         to_client: &mut Vec<u8>,
     ) -> Result<(), PreparedError> {
-        let (kind, name) = split_describe_like(body, "Close")?;
-        if kind == b'P' || name.is_empty() {
+        let Target { kind, name } = Target::read(frontend::CLOSE, body)?;
+        if kind == TargetKind::Portal || name.is_empty() {
             self.responses.sent(Request::Close, Show::Pass, None);
             put(to_server, frontend::CLOSE, body);
             return Ok(());
@@ -536,11 +524,7 @@ impl Rewriter {
         to_server: &mut Vec<u8>,
         to_client: &mut Vec<u8>,
     ) -> Result<(), PreparedError> {
-        let nul = body
-            .iter()
-            .position(|&b| b == 0)
-            .ok_or(PreparedError::Malformed { what: "Query" })?;
-        match classify(&body[..nul]) {
+        match classify(Query::read(body)?.sql) {
             Sql::ForgetAll => {
                 // The server drops every statement of the session, ours
                 // included, and with them any close still pending.
@@ -578,74 +562,7 @@ fn put(out: &mut Vec<u8>, tag: u8, body: &[u8]) {
     write_message(out, tag, |b| b.extend_from_slice(body));
 }
 
-/// Describe and Close share a layout: a kind byte and a name.
-fn put_describe_like(out: &mut Vec<u8>, tag: u8, kind: u8, name: &[u8]) {
-    write_message(out, tag, |b| {
-        b.push(kind);
-        put_cstr_bytes(b, name);
-    });
-}
-
-fn cstr<'a>(buf: &mut &'a [u8], what: &'static str) -> Result<&'a [u8], PreparedError> {
-    let nul = buf
-        .iter()
-        .position(|&b| b == 0)
-        .ok_or(PreparedError::Malformed { what })?;
-    let s = &buf[..nul];
-    *buf = &buf[nul + 1..];
-    Ok(s)
-}
-
-/// Name, and the rest (query, parameter types), checked for shape since
-/// the rest is hashed and stored.
-fn split_parse(body: &[u8]) -> Result<(&[u8], &[u8]), PreparedError> {
-    const WHAT: &str = "Parse";
-    let mut rest = body;
-    let name = cstr(&mut rest, WHAT)?;
-    let text = rest;
-    cstr(&mut rest, WHAT)?;
-    let (count, oids) = rest
-        .split_first_chunk::<2>()
-        .ok_or(PreparedError::Malformed { what: WHAT })?;
-    let count = i16::from_be_bytes(*count);
-    if count < 0 || oids.len() != 4 * count as usize {
-        return Err(PreparedError::Malformed { what: WHAT });
-    }
-    Ok((name, text))
-}
-
-/// A Bind's portal and statement name, and the rest (parameters,
-/// formats), which is the server's to check.
-struct BindParts<'a> {
-    portal: &'a [u8],
-    statement: &'a [u8],
-    rest: &'a [u8],
-}
-
-fn split_bind(body: &[u8]) -> Result<BindParts<'_>, PreparedError> {
-    let mut rest = body;
-    let portal = cstr(&mut rest, "Bind")?;
-    let statement = cstr(&mut rest, "Bind")?;
-    Ok(BindParts {
-        portal,
-        statement,
-        rest,
-    })
-}
-
-fn split_describe_like<'a>(
-    body: &'a [u8],
-    what: &'static str,
-) -> Result<(u8, &'a [u8]), PreparedError> {
-    let (&kind, mut rest) = body
-        .split_first()
-        .ok_or(PreparedError::Malformed { what })?;
-    if kind != b'S' && kind != b'P' {
-        return Err(PreparedError::Malformed { what });
-    }
-    let name = cstr(&mut rest, what)?;
-    if !rest.is_empty() {
-        return Err(PreparedError::Malformed { what });
-    }
-    Ok((kind, name))
+/// Describe or Close of a server-side statement.
+fn put_statement_target(out: &mut Vec<u8>, tag: u8, server_name: &str) {
+    Target::statement(server_name.as_bytes()).write(tag, out);
 }
