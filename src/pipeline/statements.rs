@@ -13,11 +13,13 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::performance::MAX_SERVER_MESSAGE;
 use super::prepared::{Rewriter, Route};
 use super::relay::{interest, ready_to_read, retry, wait, Woke};
 use super::transaction::Attach;
 use super::Outcome;
 use crate::protocol::error_response::is_fatal_or_panic;
+use crate::protocol::framer::Header;
 use crate::protocol::tag::{backend, frontend};
 use crate::protocol::{self, sqlstate, ErrorResponse};
 
@@ -362,19 +364,19 @@ impl<'a, A: Attach> Statements<'a, A> {
                     }
                 }
                 None => {
-                    if avail < 5 {
-                        return None;
-                    }
-                    let h = &self.cin.buf[self.cin.start..self.cin.start + 5];
-                    let tag = h[0];
-                    let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
-                    if len < 4 {
-                        return self.refuse(Refusal(ErrorResponse::fatal(
-                            sqlstate::PROTOCOL_VIOLATION,
-                            format!("message '{}' has an invalid length {len}", tag as char),
-                        )));
-                    }
-                    let body_len = len - 4;
+                    // Streamed messages (COPY data) may announce any length;
+                    // the ones gathered whole are capped below.
+                    let header = match Header::peek(self.cin.available(), u32::MAX) {
+                        Ok(Some(h)) => h,
+                        Ok(None) => return None,
+                        Err(e) => {
+                            return self.refuse(Refusal(ErrorResponse::fatal(
+                                sqlstate::PROTOCOL_VIOLATION,
+                                e.to_string(),
+                            )))
+                        }
+                    };
+                    let (tag, len, body_len) = (header.tag, header.len, header.body_len());
                     if tag == frontend::TERMINATE {
                         return Some(Outcome::ClientTerminated);
                     }
@@ -499,16 +501,12 @@ impl<'a, A: Attach> Statements<'a, A> {
                     }
                 }
                 None => {
-                    if avail < 5 {
-                        return None;
-                    }
-                    let h = &self.sin.buf[self.sin.start..self.sin.start + 5];
-                    let tag = h[0];
-                    let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
-                    if len < 4 || len - 4 > MAX_WHOLE.max(1 << 30) {
-                        return Some(Outcome::ServerLost(format!("server message length {len}")));
-                    }
-                    let body_len = len - 4;
+                    let header = match Header::peek(self.sin.available(), MAX_SERVER_MESSAGE) {
+                        Ok(Some(h)) => h,
+                        Ok(None) => return None,
+                        Err(e) => return Some(Outcome::ServerLost(format!("server {e}"))),
+                    };
+                    let (tag, len, body_len) = (header.tag, header.len, header.body_len());
                     match self.rewriter.server_route(tag) {
                         Route::Stream => {
                             let start = self.sin.start;
