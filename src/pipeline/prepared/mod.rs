@@ -34,6 +34,8 @@
 //! is absent) and forgetting a statement the server reports missing make
 //! the per-connection record self-correcting in both directions.
 
+#[cfg(test)]
+mod proptests;
 mod registry;
 mod rewriter;
 mod sql;

@@ -244,3 +244,119 @@ fn sqlstate_is_found_among_fields() {
     assert_eq!(sqlstate_of(b"SERROR\0Mno code\0\0"), *b"00000");
     assert_eq!(sqlstate_of(b"SERR"), *b"00000", "truncated body");
 }
+
+mod properties {
+    use super::*;
+    use crate::protocol::framer::frames;
+    use proptest::prelude::*;
+
+    /// One step of a pipeline without errors: a request sent (and whether
+    /// the client sees its answer) or an answer pgcorral owes.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Sent(Request, Show),
+        Owed(Synthetic),
+    }
+
+    /// The server's answer to a request, message by message.
+    fn answer(request: Request) -> Vec<(u8, Vec<u8>)> {
+        match request {
+            Request::Parse => vec![(b'1', vec![])],
+            Request::Bind => vec![(b'2', vec![])],
+            Request::Close => vec![(b'3', vec![])],
+            Request::DescribeStatement => vec![(b't', vec![0, 0]), (b'n', vec![])],
+            Request::DescribePortal => vec![(b'T', vec![0, 0])],
+            Request::Execute => vec![(b'D', vec![0, 0]), (b'C', b"SELECT 1\0".to_vec())],
+            Request::Query => vec![
+                (b'T', vec![0, 0]),
+                (b'C', b"SELECT 0\0".to_vec()),
+                (b'Z', b"I".to_vec()),
+            ],
+            Request::Sync | Request::FunctionCall => vec![(b'Z', b"I".to_vec())],
+        }
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        let request = prop_oneof![
+            Just(Request::Parse),
+            Just(Request::Bind),
+            Just(Request::Close),
+            Just(Request::DescribeStatement),
+            Just(Request::DescribePortal),
+            Just(Request::Execute),
+            Just(Request::Sync),
+            Just(Request::Query),
+        ];
+        let show = prop_oneof![
+            Just(Show::Pass),
+            Just(Show::HideAnswer),
+            Just(Show::HideAll)
+        ];
+        prop_oneof![
+            3 => (request, show).prop_map(|(r, s)| Step::Sent(r, s)),
+            1 => prop_oneof![Just(Synthetic::ParseComplete), Just(Synthetic::CloseComplete)]
+                .prop_map(Step::Owed),
+        ]
+    }
+
+    proptest! {
+        /// Whatever mix of passed, hidden and owed answers, and however the
+        /// server's answers interleave with new requests, the client gets
+        /// exactly the answers it is owed, in request order, and every note
+        /// is settled once as done.
+        #[test]
+        fn answers_come_out_in_request_order(
+            steps in proptest::collection::vec(step(), 0..24),
+            // How many requests are sent before the server starts answering.
+            lead in 0usize..24,
+        ) {
+            let mut r: Responses<usize> = Responses::new();
+            let mut out = Vec::new();
+            let mut fates = Vec::new();
+            let mut expect = Vec::new();
+            let mut server: std::collections::VecDeque<(u8, Vec<u8>)> = Default::default();
+            for (i, step) in steps.iter().enumerate() {
+                match step {
+                    Step::Sent(request, show) => {
+                        r.sent(*request, *show, Some(i));
+                        for m in answer(*request) {
+                            if *show == Show::Pass {
+                                expect.push(m.clone());
+                            }
+                            server.push_back(m);
+                        }
+                    }
+                    Step::Owed(s) => {
+                        expect.push((if *s == Synthetic::ParseComplete { b'1' } else { b'3' }, vec![]));
+                        r.synthetic(s.clone(), Some(i), &mut out, &mut |n, f| fates.push((n, f)));
+                    }
+                }
+                // The server answers at its own pace: after `lead` steps,
+                // one message per step.
+                if i >= lead {
+                    if let Some((tag, body)) = server.pop_front() {
+                        prop_assert_eq!(
+                            r.server_message(tag, &body, &mut out, &mut |n, f| fates.push((n, f))),
+                            Ok(Skipping::No)
+                        );
+                    }
+                }
+            }
+            while let Some((tag, body)) = server.pop_front() {
+                prop_assert_eq!(
+                    r.server_message(tag, &body, &mut out, &mut |n, f| fates.push((n, f))),
+                    Ok(Skipping::No)
+                );
+            }
+            let got: Vec<(u8, Vec<u8>)> = frames(&out).map(|f| (f.tag, f.body.to_vec())).collect();
+            prop_assert_eq!(got, expect);
+            prop_assert!(r.is_empty());
+            let mut settled: Vec<usize> = fates.iter().map(|(n, f)| {
+                assert_eq!(*f, Fate::Done);
+                *n
+            }).collect();
+            settled.sort_unstable();
+            prop_assert_eq!(settled, (0..steps.len()).collect::<Vec<_>>());
+        }
+    }
+}
