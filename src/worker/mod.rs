@@ -22,7 +22,6 @@ use crate::pipeline;
 use crate::pipeline::params::Params;
 use crate::pipeline::performance::Performance;
 use crate::pipeline::prepared::Rewriter;
-use crate::pipeline::statements::Statements;
 use crate::pipeline::transaction::Transaction;
 use crate::pipeline::Outcome;
 use crate::pool::{self, Acquired, PoolError, Want};
@@ -310,12 +309,12 @@ fn serve(ctx: &Context<'_>, client: BorrowedFd<'_>, peer: &Peer) -> Result<(), W
             held: None,
             statements: transaction::SlotStatements { slot: None },
         };
-        let outcome = if main.max_prepared_statements > 0 {
-            let rewriter = Rewriter::new(main.max_prepared_statements, ctx.statement_key);
-            run_statements(client, attach, rewriter, main.disconnect_client)
+        let rewriter = if main.max_prepared_statements > 0 {
+            Rewriter::new(main.max_prepared_statements, ctx.statement_key)
         } else {
-            run_transaction(client, attach, main.disconnect_client)
+            Rewriter::pass_through()
         };
+        let outcome = run_transaction(client, attach, rewriter, main.disconnect_client);
         log_outcome(peer, &outcome);
         if main.log_disconnections {
             log_disconnection(peer, &user, &database, &outcome, connected);
@@ -380,28 +379,6 @@ fn log_outcome(peer: &Peer, outcome: &Outcome) {
 fn run_transaction(
     client: BorrowedFd<'_>,
     attach: WorkerAttach<'_>,
-    idle_limit: Duration,
-) -> Outcome {
-    if let Err(e) = io::set_nonblocking(client, true) {
-        return Outcome::Io(e);
-    }
-    signals::enter_pipeline();
-    let mut p = Transaction::new(client, attach, &signals::STOP, signals::wait_mask())
-        .with_idle_limit(Some(idle_limit));
-    let outcome = p.run();
-    tell_client(
-        client,
-        &outcome,
-        p.state.server_fatal,
-        p.client_at_boundary(),
-    );
-    signals::leave_pipeline();
-    outcome
-}
-
-fn run_statements(
-    client: BorrowedFd<'_>,
-    attach: WorkerAttach<'_>,
     rewriter: Rewriter,
     idle_limit: Duration,
 ) -> Outcome {
@@ -409,7 +386,7 @@ fn run_statements(
         return Outcome::Io(e);
     }
     signals::enter_pipeline();
-    let mut p = Statements::new(
+    let mut p = Transaction::new(
         client,
         attach,
         rewriter,

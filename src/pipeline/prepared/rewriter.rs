@@ -109,6 +109,10 @@ pub struct Rewriter {
     /// Evicted from the record but still on the server, to be closed once
     /// the server is idle outside a transaction (see `close_deferred`).
     deferred_closes: Vec<String>,
+    /// Statement names are the client's own and reach the server as sent
+    /// (`max_prepared_statements = 0`): every client message is streamed,
+    /// and only the answers owed are tracked, from tags alone.
+    pass_through: bool,
 }
 
 impl Rewriter {
@@ -122,6 +126,18 @@ impl Rewriter {
             skipping: false,
             extended_open: false,
             deferred_closes: Vec::new(),
+            pass_through: false,
+        }
+    }
+
+    /// A rewriter that renames nothing: client messages are streamed to
+    /// the server untouched (see [`Rewriter::client_streamed`]), so nothing
+    /// a client sends is gathered, and statements are the connection's
+    /// own business, as on a direct connection.
+    pub fn pass_through() -> Self {
+        Rewriter {
+            pass_through: true,
+            ..Rewriter::new(1, [0, 0])
         }
     }
 
@@ -164,7 +180,7 @@ impl Rewriter {
     pub fn client_route(&self, tag: u8) -> Route {
         if self.skipping && tag != frontend::SYNC {
             Route::Drop
-        } else if tag == frontend::COPY_DATA {
+        } else if tag == frontend::COPY_DATA || self.pass_through {
             Route::Stream
         } else {
             Route::Whole
@@ -178,6 +194,53 @@ impl Rewriter {
         } else {
             Route::Whole
         }
+    }
+
+    /// A client message the caller forwards without handing it over (its
+    /// route was `Stream`), known by its tag: the bookkeeping that does not
+    /// need the body. Only a pass-through rewriter streams requests; COPY
+    /// data needs none.
+    pub fn client_streamed(&mut self, tag: u8) -> Result<(), PreparedError> {
+        if !self.pass_through {
+            return Ok(());
+        }
+        let request = match tag {
+            frontend::PARSE => Request::Parse,
+            frontend::BIND => Request::Bind,
+            // A statement's description may start with ParameterDescription;
+            // the queue accepts either kind of answer for this entry.
+            frontend::DESCRIBE => Request::DescribeStatement,
+            frontend::CLOSE => Request::Close,
+            frontend::EXECUTE => Request::Execute,
+            frontend::FLUSH => {
+                self.extended_open = true;
+                return Ok(());
+            }
+            frontend::SYNC if self.responses.in_copy_in() => return Ok(()),
+            frontend::SYNC => {
+                self.skipping = false;
+                self.extended_open = false;
+                Request::Sync
+            }
+            frontend::COPY_DONE | frontend::COPY_FAIL => {
+                self.responses.copy_end();
+                return Ok(());
+            }
+            frontend::QUERY => Request::Query,
+            frontend::FUNCTION_CALL => Request::FunctionCall,
+            _ => return Ok(()),
+        };
+        if self.responses.len() >= MAX_OUTSTANDING {
+            return Err(PreparedError::TooManyOutstanding);
+        }
+        if !matches!(
+            request,
+            Request::Sync | Request::Query | Request::FunctionCall
+        ) {
+            self.extended_open = true;
+        }
+        self.responses.sent(request, Show::Pass, None);
+        Ok(())
     }
 
     /// One whole client message (tag and body without the length word).
