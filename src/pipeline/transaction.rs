@@ -631,3 +631,6 @@ impl Body {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
