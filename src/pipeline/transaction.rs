@@ -42,6 +42,11 @@ struct Input {
     buf: Box<[u8]>,
     start: usize,
     end: usize,
+    /// Start of bytes passed on unchanged but not yet handed to the other
+    /// side (they end at `start`): consecutive streamed messages leave the
+    /// input as one run, sent straight from here when nothing is queued
+    /// before them, so forwarding copies nothing in the common case.
+    run: Option<usize>,
 }
 
 impl Input {
@@ -50,7 +55,14 @@ impl Input {
             buf: vec![0u8; INPUT].into_boxed_slice(),
             start: 0,
             end: 0,
+            run: None,
         }
+    }
+
+    /// The next `n` bytes pass unchanged.
+    fn forward(&mut self, n: usize) {
+        self.run.get_or_insert(self.start);
+        self.start += n;
     }
 
     fn available(&self) -> &[u8] {
@@ -62,6 +74,7 @@ impl Input {
     }
 
     fn fill(&mut self, fd: BorrowedFd<'_>) -> io::Result<usize> {
+        debug_assert!(self.run.is_none(), "forwarded bytes left behind");
         if self.start > 0 {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
@@ -97,29 +110,55 @@ impl Output {
 
     fn flush(&mut self, fd: BorrowedFd<'_>) -> io::Result<()> {
         while self.sent < self.buf.len() {
-            let out = &self.buf[self.sent..];
-            // SAFETY: sending from our own buffer; MSG_NOSIGNAL as elsewhere.
-            let n = unsafe {
-                libc::send(
-                    fd.as_raw_fd(),
-                    out.as_ptr() as *const libc::c_void,
-                    out.len(),
-                    libc::MSG_NOSIGNAL,
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                return match e.kind() {
-                    io::ErrorKind::WouldBlock => Ok(()),
-                    io::ErrorKind::Interrupted => continue,
-                    _ => Err(e),
-                };
+            let n = send_some(fd, &self.buf[self.sent..])?;
+            if n == 0 {
+                return Ok(());
             }
-            self.sent += n as usize;
+            self.sent += n;
         }
         self.buf.clear();
         self.sent = 0;
         Ok(())
+    }
+
+    /// Bytes passed on from the other side's input: sent at once if
+    /// nothing is queued before them (what the socket does not take is
+    /// queued), else queued behind what is. A send error is left for the
+    /// next `flush` to report.
+    fn pass(&mut self, fd: Option<BorrowedFd<'_>>, mut bytes: &[u8]) {
+        if self.pending() == 0 {
+            self.buf.clear();
+            self.sent = 0;
+            if let Some(fd) = fd {
+                let n = send_some(fd, bytes).unwrap_or(0);
+                bytes = &bytes[n..];
+            }
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+}
+
+/// One non-blocking send; 0 when the socket has no room.
+fn send_some(fd: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: sending from a live buffer; MSG_NOSIGNAL as elsewhere.
+        let n = unsafe {
+            libc::send(
+                fd.as_raw_fd(),
+                bytes.as_ptr() as *const libc::c_void,
+                bytes.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::WouldBlock => return Ok(0),
+            io::ErrorKind::Interrupted => continue,
+            _ => return Err(e),
+        }
     }
 }
 
@@ -343,6 +382,28 @@ impl<'a, A: Attach> Transaction<'a, A> {
     }
 
     fn on_client_input(&mut self) -> Option<Outcome> {
+        let done = self.take_client_input();
+        self.pass_client_run();
+        done
+    }
+
+    /// Hands the client bytes forwarded so far to the server side.
+    fn pass_client_run(&mut self) {
+        if let Some(from) = self.cin.run.take() {
+            let fd = self.server_fd();
+            self.to_server.pass(fd, &self.cin.buf[from..self.cin.start]);
+        }
+    }
+
+    /// Hands the server bytes forwarded so far to the client side.
+    fn pass_server_run(&mut self) {
+        if let Some(from) = self.sin.run.take() {
+            let fd = Some(self.client);
+            self.to_client.pass(fd, &self.sin.buf[from..self.sin.start]);
+        }
+    }
+
+    fn take_client_input(&mut self) -> Option<Outcome> {
         loop {
             let avail = self.cin.available().len();
             match self.cside.partial.take() {
@@ -352,11 +413,7 @@ impl<'a, A: Attach> Transaction<'a, A> {
                 }
                 Some(Partial::Stream { remaining }) => {
                     let n = remaining.min(avail);
-                    let start = self.cin.start;
-                    self.to_server
-                        .buf
-                        .extend_from_slice(&self.cin.buf[start..start + n]);
-                    self.cin.start += n;
+                    self.cin.forward(n);
                     if remaining > n {
                         self.cside.partial = Some(Partial::Stream {
                             remaining: remaining - n,
@@ -364,6 +421,7 @@ impl<'a, A: Attach> Transaction<'a, A> {
                     }
                 }
                 Some(Partial::Drop { remaining }) => {
+                    self.pass_client_run();
                     let n = remaining.min(avail);
                     self.cin.start += n;
                     if remaining > n {
@@ -373,6 +431,7 @@ impl<'a, A: Attach> Transaction<'a, A> {
                     }
                 }
                 Some(Partial::Whole { tag, len }) => {
+                    self.pass_client_run();
                     let n = (len - self.cside.gathered.len()).min(avail);
                     let start = self.cin.start;
                     self.cside
@@ -418,11 +477,7 @@ impl<'a, A: Attach> Transaction<'a, A> {
                                     e.to_string(),
                                 )));
                             }
-                            let start = self.cin.start;
-                            self.to_server
-                                .buf
-                                .extend_from_slice(&self.cin.buf[start..start + 5]);
-                            self.cin.start += 5;
+                            self.cin.forward(5);
                             if body_len > 0 {
                                 self.cside.partial = Some(Partial::Stream {
                                     remaining: body_len,
@@ -430,6 +485,7 @@ impl<'a, A: Attach> Transaction<'a, A> {
                             }
                         }
                         Route::Drop => {
+                            self.pass_client_run();
                             self.cin.start += 5;
                             if body_len > 0 {
                                 self.cside.partial = Some(Partial::Drop {
@@ -438,6 +494,7 @@ impl<'a, A: Attach> Transaction<'a, A> {
                             }
                         }
                         Route::Whole => {
+                            self.pass_client_run();
                             if body_len > MAX_WHOLE {
                                 return self.refuse(Refusal(ErrorResponse::fatal(
                                     sqlstate::PROGRAM_LIMIT_EXCEEDED,
@@ -494,6 +551,12 @@ impl<'a, A: Attach> Transaction<'a, A> {
     }
 
     fn on_server_input(&mut self) -> Option<Outcome> {
+        let done = self.take_server_input();
+        self.pass_server_run();
+        done
+    }
+
+    fn take_server_input(&mut self) -> Option<Outcome> {
         loop {
             let avail = self.sin.available().len();
             match self.sside.partial.take() {
@@ -503,11 +566,7 @@ impl<'a, A: Attach> Transaction<'a, A> {
                 }
                 Some(Partial::Stream { remaining }) => {
                     let n = remaining.min(avail);
-                    let start = self.sin.start;
-                    self.to_client
-                        .buf
-                        .extend_from_slice(&self.sin.buf[start..start + n]);
-                    self.sin.start += n;
+                    self.sin.forward(n);
                     if remaining > n {
                         self.sside.partial = Some(Partial::Stream {
                             remaining: remaining - n,
@@ -516,6 +575,7 @@ impl<'a, A: Attach> Transaction<'a, A> {
                 }
                 Some(Partial::Drop { .. }) => return None,
                 Some(Partial::Whole { tag, len }) => {
+                    self.pass_server_run();
                     let n = (len - self.sside.gathered.len()).min(avail);
                     let start = self.sin.start;
                     self.sside
@@ -539,11 +599,7 @@ impl<'a, A: Attach> Transaction<'a, A> {
                     let (tag, len, body_len) = (header.tag, header.len, header.body_len());
                     match self.rewriter.server_route(tag) {
                         Route::Stream => {
-                            let start = self.sin.start;
-                            self.to_client
-                                .buf
-                                .extend_from_slice(&self.sin.buf[start..start + 5]);
-                            self.sin.start += 5;
+                            self.sin.forward(5);
                             if body_len > 0 {
                                 self.sside.partial = Some(Partial::Stream {
                                     remaining: body_len,
@@ -551,6 +607,7 @@ impl<'a, A: Attach> Transaction<'a, A> {
                             }
                         }
                         Route::Drop | Route::Whole => {
+                            self.pass_server_run();
                             if body_len > MAX_WHOLE {
                                 return Some(Outcome::ServerLost(format!(
                                     "server message of {len} bytes"
