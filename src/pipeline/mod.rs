@@ -7,7 +7,6 @@ pub mod prepared;
 pub mod relay;
 pub mod responses;
 pub mod session_state;
-pub mod statements;
 pub mod transaction;
 
 pub use session_state::SessionState;

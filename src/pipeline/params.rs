@@ -7,6 +7,7 @@
 //! expects, the slot records the values its connection has, and before a
 //! transaction runs on a connection the worker sets whatever differs.
 
+use crate::protocol::framer::{frames, Frame};
 use crate::protocol::{self, tag::backend};
 
 /// Reported parameters a client can change with SET and that change what
@@ -59,7 +60,7 @@ impl Params {
     /// The tracked ParameterStatus values in a slot's start-up messages.
     pub fn from_startup(blob: &[u8]) -> Self {
         let mut p = Params::default();
-        for (tag, body) in messages(blob) {
+        for Frame { tag, body } in frames(blob) {
             if tag == backend::PARAMETER_STATUS {
                 if let Ok((k, v)) = protocol::parse_parameter_status(body) {
                     p.set(&k, &v);
@@ -170,7 +171,7 @@ fn quote_literal(v: &str) -> String {
 pub fn startup_with(blob: &[u8], name: &str, value: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(blob.len() + 32);
     let mut done = false;
-    for (tag, body) in messages(blob) {
+    for Frame { tag, body } in frames(blob) {
         if tag == backend::PARAMETER_STATUS {
             if let Ok((k, _)) = protocol::parse_parameter_status(body) {
                 if k == name {
@@ -188,26 +189,6 @@ pub fn startup_with(blob: &[u8], name: &str, value: &str) -> Vec<u8> {
         protocol::parameter_status(&mut out, name, value);
     }
     out
-}
-
-/// The messages in a start-up blob (tag, body); stops at anything cut short.
-fn messages(blob: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
-    let mut at = 0;
-    std::iter::from_fn(move || {
-        if blob.len().saturating_sub(at) < 5 {
-            return None;
-        }
-        let tag = blob[at];
-        let len =
-            u32::from_be_bytes([blob[at + 1], blob[at + 2], blob[at + 3], blob[at + 4]]) as usize;
-        let end = at.checked_add(1)?.checked_add(len)?;
-        if len < 4 || end > blob.len() {
-            return None;
-        }
-        let body = &blob[at + 5..end];
-        at = end;
-        Some((tag, body))
-    })
 }
 
 #[cfg(test)]
@@ -303,7 +284,7 @@ mod tests {
             Some("iso_8601")
         );
         // The BackendKeyData is kept.
-        assert!(messages(&b3).any(|(t, _)| t == backend::BACKEND_KEY_DATA));
+        assert!(frames(&b3).any(|f| f.tag == backend::BACKEND_KEY_DATA));
         // A cut-short blob does not panic.
         assert_eq!(
             Params::from_startup(&b3[..b3.len() - 3]).get("TimeZone"),

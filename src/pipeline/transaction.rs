@@ -1,28 +1,183 @@
 //! The transaction pipeline: the client holds a server connection only while
 //! a transaction (or a single statement outside one) runs. The connection
 //! is given back at the first ReadyForQuery with status `I` after which
-//! nothing is in flight, and another is taken when the client sends its
-//! next message, so many clients share few connections.
+//! nothing is in flight, and another is taken when the client's next
+//! message arrives, so many clients share few connections.
 //!
-//! Framing of the client stream is continuous across connections (one
-//! framer for the client's life); a connection is only ever given back
-//! between whole server messages, so the next one starts clean.
+//! The traffic goes through the prepared-statement `Rewriter`: the
+//! client's statement names become server-side names, a connection that
+//! lacks a statement gets its Parse first, and answers the server gives to
+//! requests the client never made are hidden while answers pgcorral owes
+//! are inserted where the server would have given them. Messages the
+//! rewriter need not see whole (rows and COPY data of passed results,
+//! client COPY data) are streamed without being gathered. With
+//! `max_prepared_statements = 0` the rewriter passes names through and
+//! every client message is streamed; the answers are still matched to
+//! requests, which is how the pump knows when the server is idle.
+//!
+//! Client framing is continuous across connections (one pump for the
+//! client's life); a connection is only ever given back between whole
+//! server messages, so the next one starts clean.
 
+use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::prepared::ServerStatements;
-use super::relay::{closed_or_io, interest, ready_to_read as ready, retry, wait, Relay, Woke};
-use super::{Outcome, SessionState};
+use super::performance::MAX_SERVER_MESSAGE;
+use super::prepared::{Rewriter, Route, ServerStatements};
+use super::relay::{interest, ready_to_read, retry, wait, Woke};
+use super::Outcome;
 use crate::protocol::error_response::is_fatal_or_panic;
-use crate::protocol::framer::{Event, Flow, Framer};
+use crate::protocol::framer::Header;
 use crate::protocol::tag::{backend, frontend};
-use crate::protocol::{self, ErrorResponse};
+use crate::protocol::{self, sqlstate, ErrorResponse};
 
-use super::performance::{MAX_CLIENT_MESSAGE, MAX_SERVER_MESSAGE};
+const INPUT: usize = 16 * 1024;
+/// Stop reading a side while this much waits to be written to the other.
+const HIGH_WATER: usize = 256 * 1024;
+/// A message the rewriter must see whole is gathered up to this size.
+pub const MAX_WHOLE: usize = 64 * 1024 * 1024;
 
-/// ParameterStatus and ErrorResponse bodies are captured whole up to this.
-const CAPTURE: usize = 1024;
+struct Input {
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+    /// Start of bytes passed on unchanged but not yet handed to the other
+    /// side (they end at `start`): consecutive streamed messages leave the
+    /// input as one run, sent straight from here when nothing is queued
+    /// before them, so forwarding copies nothing in the common case.
+    run: Option<usize>,
+}
+
+impl Input {
+    fn new() -> Self {
+        Input {
+            buf: vec![0u8; INPUT].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            run: None,
+        }
+    }
+
+    /// The next `n` bytes pass unchanged.
+    fn forward(&mut self, n: usize) {
+        self.run.get_or_insert(self.start);
+        self.start += n;
+    }
+
+    fn available(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    fn has_room(&self) -> bool {
+        self.end < self.buf.len() || self.start > 0
+    }
+
+    fn fill(&mut self, fd: BorrowedFd<'_>) -> io::Result<usize> {
+        debug_assert!(self.run.is_none(), "forwarded bytes left behind");
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let room = &mut self.buf[self.end..];
+        // SAFETY: reading into the unused tail of our own buffer.
+        let n = unsafe {
+            libc::read(
+                fd.as_raw_fd(),
+                room.as_mut_ptr() as *mut libc::c_void,
+                room.len(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.end += n as usize;
+        Ok(n as usize)
+    }
+}
+
+#[derive(Default)]
+struct Output {
+    buf: Vec<u8>,
+    sent: usize,
+}
+
+impl Output {
+    fn pending(&self) -> usize {
+        self.buf.len() - self.sent
+    }
+
+    fn flush(&mut self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        while self.sent < self.buf.len() {
+            let n = send_some(fd, &self.buf[self.sent..])?;
+            if n == 0 {
+                return Ok(());
+            }
+            self.sent += n;
+        }
+        self.buf.clear();
+        self.sent = 0;
+        Ok(())
+    }
+
+    /// Bytes passed on from the other side's input: sent at once if
+    /// nothing is queued before them (what the socket does not take is
+    /// queued), else queued behind what is. A send error is left for the
+    /// next `flush` to report.
+    fn pass(&mut self, fd: Option<BorrowedFd<'_>>, mut bytes: &[u8]) {
+        if self.pending() == 0 {
+            self.buf.clear();
+            self.sent = 0;
+            if let Some(fd) = fd {
+                let n = send_some(fd, bytes).unwrap_or(0);
+                bytes = &bytes[n..];
+            }
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+}
+
+/// One non-blocking send; 0 when the socket has no room.
+fn send_some(fd: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: sending from a live buffer; MSG_NOSIGNAL as elsewhere.
+        let n = unsafe {
+            libc::send(
+                fd.as_raw_fd(),
+                bytes.as_ptr() as *const libc::c_void,
+                bytes.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::WouldBlock => return Ok(0),
+            io::ErrorKind::Interrupted => continue,
+            _ => return Err(e),
+        }
+    }
+}
+
+/// A message cut by the end of a read.
+enum Partial {
+    /// Passing through: this many body bytes still to pass.
+    Stream { remaining: usize },
+    /// Being discarded.
+    Drop { remaining: usize },
+    /// Being gathered for the rewriter.
+    Whole { tag: u8, len: usize },
+}
+
+/// Where a side's input stands.
+#[derive(Default)]
+struct Side {
+    partial: Option<Partial>,
+    gathered: Vec<u8>,
+}
 
 /// What the pipeline needs from its worker: server connections on demand.
 pub trait Attach {
@@ -42,28 +197,42 @@ pub trait Attach {
 pub struct Transaction<'a, A: Attach> {
     client: BorrowedFd<'a>,
     server: Option<RawFd>,
-    c2s: Relay,
-    s2c: Relay,
-    pub state: SessionState,
+    cin: Input,
+    sin: Input,
+    to_server: Output,
+    to_client: Output,
+    cside: Side,
+    sside: Side,
+    rewriter: Rewriter,
+    pub server_fatal: bool,
     stop: &'a AtomicBool,
     wait_mask: libc::sigset_t,
     idle_limit: Option<std::time::Duration>,
     attach: A,
 }
 
+/// Why a message could not be handled: what the client is told.
+struct Refusal(ErrorResponse);
+
 impl<'a, A: Attach> Transaction<'a, A> {
     pub fn new(
         client: BorrowedFd<'a>,
         attach: A,
+        rewriter: Rewriter,
         stop: &'a AtomicBool,
         wait_mask: libc::sigset_t,
     ) -> Self {
         Transaction {
             client,
             server: None,
-            c2s: Relay::new(Framer::new(MAX_CLIENT_MESSAGE, 0)),
-            s2c: Relay::new(Framer::new(MAX_SERVER_MESSAGE, CAPTURE)),
-            state: SessionState::default(),
+            cin: Input::new(),
+            sin: Input::new(),
+            to_server: Output::default(),
+            to_client: Output::default(),
+            cside: Side::default(),
+            sside: Side::default(),
+            rewriter,
+            server_fatal: false,
             stop,
             wait_mask,
             idle_limit: None,
@@ -71,34 +240,45 @@ impl<'a, A: Attach> Transaction<'a, A> {
         }
     }
 
-    /// Runs until the client leaves; a connection still held then is given
-    /// back (if clean) or thrown away.
-    pub fn run(&mut self) -> Outcome {
-        let outcome = self.pump();
-        if self.server.take().is_some() {
-            self.state.streams_idle = self.c2s.is_idle() && self.s2c.out_at_boundary();
-            let clean = outcome.leaves_server_reusable(&self.state);
-            self.attach.detach(clean);
-        }
-        outcome
-    }
-
-    /// Ends the session (`Outcome::IdleTimeout`) after the client sat idle
-    /// outside a transaction this long.
     pub fn with_idle_limit(mut self, limit: Option<std::time::Duration>) -> Self {
         self.idle_limit = limit.filter(|l| !l.is_zero());
         self
     }
 
-    pub fn client_at_boundary(&self) -> bool {
-        self.s2c.out_at_boundary()
+    /// Nothing owed, nothing half-passed: the client can be told something
+    /// and the server connection is between transactions.
+    fn idle(&self) -> bool {
+        self.rewriter.is_idle()
+            && self.rewriter.transaction_status() == b'I'
+            && !self.server_fatal
+            && self.sside.partial.is_none()
+            && self.sin.available().is_empty()
+            && !matches!(self.cside.partial, Some(Partial::Stream { .. }))
     }
 
-    /// The attached server's descriptor, borrowed without tying up `self`.
+    pub fn client_at_boundary(&self) -> bool {
+        self.to_client.pending() == 0 && self.sside.partial.is_none()
+    }
+
+    pub fn run(&mut self) -> Outcome {
+        let outcome = self.pump();
+        if self.server.take().is_some() {
+            let clean = matches!(
+                outcome,
+                Outcome::ClientTerminated | Outcome::ClientClosed | Outcome::IdleTimeout
+            ) && self.idle()
+                && self.to_server.pending() == 0;
+            if !clean {
+                self.rewriter.connection_lost();
+            }
+            self.attach.detach(clean);
+        }
+        outcome
+    }
+
     fn server_fd(&self) -> Option<BorrowedFd<'static>> {
-        // SAFETY: `server` holds a descriptor the Attach implementation
-        // keeps open until `detach`; every use of the borrow ends before
-        // `detach` is called, which also clears `server`.
+        // SAFETY: the Attach implementation keeps the descriptor open until
+        // `detach`, which also clears `server`; no borrow outlives that.
         self.server.map(|fd| unsafe { BorrowedFd::borrow_raw(fd) })
     }
 
@@ -107,16 +287,27 @@ impl<'a, A: Attach> Transaction<'a, A> {
             if self.stop.load(Ordering::Relaxed) {
                 return Outcome::Shutdown;
             }
-            let idle = self.state.is_clean() && !self.c2s.has_pending() && !self.s2c.has_pending();
-            let wait_for = super::idle_wait(self.idle_limit, idle);
+            let quiet = (self.server.is_none() || self.idle())
+                && self.to_client.pending() == 0
+                && self.to_server.pending() == 0
+                && self.cin.available().is_empty();
+            let wait_for = super::idle_wait(self.idle_limit, quiet);
             let woke = wait(
                 (
                     self.client.as_raw_fd(),
-                    interest(self.c2s.has_room(), self.s2c.has_pending()),
+                    interest(
+                        self.cin.has_room()
+                            && self.to_server.pending() < HIGH_WATER
+                            && self.to_client.pending() < HIGH_WATER,
+                        self.to_client.pending() > 0,
+                    ),
                 ),
                 (
                     self.server.unwrap_or(-1),
-                    interest(self.s2c.has_room(), self.c2s.has_pending()),
+                    interest(
+                        self.sin.has_room() && self.to_client.pending() < HIGH_WATER,
+                        self.to_server.pending() > 0,
+                    ),
                 ),
                 wait_for,
                 &self.wait_mask,
@@ -127,129 +318,376 @@ impl<'a, A: Attach> Transaction<'a, A> {
                 Ok(Woke::TimedOut) => return Outcome::IdleTimeout,
                 Err(e) => return Outcome::Io(e),
             };
-            if ready(c.revents) && self.c2s.has_room() {
-                if let Some(done) = self.on_client_readable() {
-                    return done;
-                }
-            }
-            if self.server.is_some() && ready(s.revents) && self.s2c.has_room() {
-                if let Some(done) = self.on_server_readable() {
-                    return done;
-                }
-            }
-            if c.revents & libc::POLLOUT != 0 {
-                if let Err(e) = self.s2c.flush(self.client) {
-                    return closed_or_io(e, Outcome::ClientClosed);
-                }
-            }
-            if s.revents & libc::POLLOUT != 0 {
-                if let Some(done) = self.flush_to_server() {
-                    return done;
-                }
-            }
-        }
-    }
-
-    fn on_client_readable(&mut self) -> Option<Outcome> {
-        match self.c2s.fill(self.client) {
-            Ok(0) => return Some(Outcome::ClientClosed),
-            Ok(_) => {}
-            Err(e) if retry(&e) => return None,
-            Err(e) => return Some(closed_or_io(e, Outcome::ClientClosed)),
-        }
-        let state = &mut self.state;
-        let stopped = match self.c2s.scan(|event| match event {
-            Event::Start { tag, .. } if tag == frontend::TERMINATE => Flow::Stop,
-            Event::Start { tag, .. } => {
-                state.client_message(tag);
-                Flow::Skip
-            }
-            Event::Complete { .. } => Flow::Skip,
-        }) {
-            Ok(s) => s,
-            Err(e) => return Some(Outcome::ClientProtocol(e)),
-        };
-        if self.c2s.has_pending() && self.server.is_none() {
-            match self.attach.attach() {
-                Ok(fd) => {
-                    self.server = Some(fd);
-                    self.state.streams_idle = true;
-                }
-                Err(e) => {
-                    let mut out = Vec::new();
-                    e.encode(&mut out);
-                    if self.s2c.out_at_boundary() {
-                        let _ = super::relay_write_blocking(self.client, &out);
-                    }
-                    return Some(Outcome::AttachFailed);
-                }
-            }
-        }
-        if stopped.is_some() {
-            let drained = match self.server_fd() {
-                Some(fd) => self.c2s.drain(fd),
-                None => Ok(()),
-            };
-            return Some(match drained {
-                Ok(()) => Outcome::ClientTerminated,
-                Err(e) => closed_or_io(e, Outcome::ServerClosed),
-            });
-        }
-        self.flush_to_server()
-    }
-
-    fn flush_to_server(&mut self) -> Option<Outcome> {
-        let fd = self.server_fd()?;
-        match self.c2s.flush(fd) {
-            Ok(_) => None,
-            Err(e) => Some(closed_or_io(e, Outcome::ServerClosed)),
-        }
-    }
-
-    fn on_server_readable(&mut self) -> Option<Outcome> {
-        let fd = self.server_fd()?;
-        match self.s2c.fill(fd) {
-            Ok(0) => return Some(Outcome::ServerClosed),
-            Ok(_) => {}
-            Err(e) if retry(&e) => return None,
-            Err(e) => return Some(closed_or_io(e, Outcome::ServerClosed)),
-        }
-        let state = &mut self.state;
-        let attach = &mut self.attach;
-        if let Err(e) = self.s2c.scan(|event| match event {
-            Event::Start { tag, .. }
-                if SessionState::wants_server_body(tag) || tag == backend::PARAMETER_STATUS =>
-            {
-                Flow::Capture
-            }
-            Event::Start { .. } => Flow::Skip,
-            Event::Complete { tag, body } => {
-                match tag {
-                    backend::READY_FOR_QUERY => {
-                        state.ready_for_query(body.first().copied().unwrap_or(b'I'))
-                    }
-                    backend::ERROR_RESPONSE if is_fatal_or_panic(body) => state.server_fatal = true,
-                    backend::PARAMETER_STATUS => {
-                        if let Ok((k, v)) = protocol::parse_parameter_status(body) {
-                            attach.parameter(&k, &v);
+            if ready_to_read(c.revents) && c.events & libc::POLLIN != 0 {
+                match self.cin.fill(self.client) {
+                    Ok(0) => return Outcome::ClientClosed,
+                    Ok(_) => {
+                        if let Some(done) = self.on_client_input() {
+                            return done;
                         }
                     }
-                    _ => {}
+                    Err(e) if retry(&e) => {}
+                    Err(e) => return super::relay::closed_or_io(e, Outcome::ClientClosed),
                 }
-                Flow::Skip
             }
-        }) {
-            return Some(Outcome::ServerProtocol(e));
+            if let Some(fd) = self.server_fd() {
+                if ready_to_read(s.revents) && s.events & libc::POLLIN != 0 {
+                    match self.sin.fill(fd) {
+                        Ok(0) => return Outcome::ServerClosed,
+                        Ok(_) => {
+                            if let Some(done) = self.on_server_input() {
+                                return done;
+                            }
+                        }
+                        Err(e) if retry(&e) => {}
+                        Err(e) => return super::relay::closed_or_io(e, Outcome::ServerClosed),
+                    }
+                }
+            }
+            if let Some(done) = self.flush() {
+                return done;
+            }
         }
-        if let Err(e) = self.s2c.flush(self.client) {
-            return Some(closed_or_io(e, Outcome::ClientClosed));
+    }
+
+    fn flush(&mut self) -> Option<Outcome> {
+        if let Some(fd) = self.server_fd() {
+            if let Err(e) = self.to_server.flush(fd) {
+                return Some(super::relay::closed_or_io(e, Outcome::ServerClosed));
+            }
         }
-        if self.state.is_clean() && !self.c2s.has_pending() && self.s2c.fully_scanned() {
-            // Idle between transactions: the connection goes back now, and
-            // what the server said is already in our buffer for the client.
+        if let Err(e) = self.to_client.flush(self.client) {
+            return Some(super::relay::closed_or_io(e, Outcome::ClientClosed));
+        }
+        // Idle between transactions with everything for the server written:
+        // the connection goes back.
+        if self.server.is_some() && self.idle() && self.to_server.pending() == 0 {
             self.server = None;
             self.attach.detach(true);
         }
         None
     }
+
+    fn refuse(&mut self, r: Refusal) -> Option<Outcome> {
+        Some(Outcome::Refused(r.0))
+    }
+
+    fn ensure_attached(&mut self) -> Result<(), Refusal> {
+        if self.server.is_none() {
+            let fd = self.attach.attach().map_err(Refusal)?;
+            self.server = Some(fd);
+            self.server_fatal = false;
+        }
+        Ok(())
+    }
+
+    fn on_client_input(&mut self) -> Option<Outcome> {
+        let done = self.take_client_input();
+        self.pass_client_run();
+        done
+    }
+
+    /// Hands the client bytes forwarded so far to the server side.
+    fn pass_client_run(&mut self) {
+        if let Some(from) = self.cin.run.take() {
+            let fd = self.server_fd();
+            self.to_server.pass(fd, &self.cin.buf[from..self.cin.start]);
+        }
+    }
+
+    /// Hands the server bytes forwarded so far to the client side.
+    fn pass_server_run(&mut self) {
+        if let Some(from) = self.sin.run.take() {
+            let fd = Some(self.client);
+            self.to_client.pass(fd, &self.sin.buf[from..self.sin.start]);
+        }
+    }
+
+    fn take_client_input(&mut self) -> Option<Outcome> {
+        loop {
+            let avail = self.cin.available().len();
+            match self.cside.partial.take() {
+                Some(p @ (Partial::Stream { .. } | Partial::Drop { .. })) if avail == 0 => {
+                    self.cside.partial = Some(p);
+                    return None;
+                }
+                Some(Partial::Stream { remaining }) => {
+                    let n = remaining.min(avail);
+                    self.cin.forward(n);
+                    if remaining > n {
+                        self.cside.partial = Some(Partial::Stream {
+                            remaining: remaining - n,
+                        });
+                    }
+                }
+                Some(Partial::Drop { remaining }) => {
+                    self.pass_client_run();
+                    let n = remaining.min(avail);
+                    self.cin.start += n;
+                    if remaining > n {
+                        self.cside.partial = Some(Partial::Drop {
+                            remaining: remaining - n,
+                        });
+                    }
+                }
+                Some(Partial::Whole { tag, len }) => {
+                    self.pass_client_run();
+                    let n = (len - self.cside.gathered.len()).min(avail);
+                    let start = self.cin.start;
+                    self.cside
+                        .gathered
+                        .extend_from_slice(&self.cin.buf[start..start + n]);
+                    self.cin.start += n;
+                    if self.cside.gathered.len() < len {
+                        self.cside.partial = Some(Partial::Whole { tag, len });
+                        return None;
+                    }
+                    if let Err(r) = self.client_whole(tag, Body::Gathered) {
+                        return self.refuse(r);
+                    }
+                }
+                None => {
+                    // Streamed messages (COPY data) may announce any length;
+                    // the ones gathered whole are capped below.
+                    let header = match Header::peek(self.cin.available(), u32::MAX) {
+                        Ok(Some(h)) => h,
+                        Ok(None) => return None,
+                        Err(e) => {
+                            return self.refuse(Refusal(ErrorResponse::fatal(
+                                sqlstate::PROTOCOL_VIOLATION,
+                                e.to_string(),
+                            )))
+                        }
+                    };
+                    let (tag, len, body_len) = (header.tag, header.len, header.body_len());
+                    if tag == frontend::TERMINATE {
+                        return Some(Outcome::ClientTerminated);
+                    }
+                    let route = self.rewriter.client_route(tag);
+                    if route != Route::Drop {
+                        if let Err(r) = self.ensure_attached() {
+                            return Some(Outcome::Refused(r.0));
+                        }
+                    }
+                    match route {
+                        Route::Stream => {
+                            if let Err(e) = self.rewriter.client_streamed(tag) {
+                                return self.refuse(Refusal(ErrorResponse::fatal(
+                                    e.sqlstate(),
+                                    e.to_string(),
+                                )));
+                            }
+                            self.cin.forward(5);
+                            if body_len > 0 {
+                                self.cside.partial = Some(Partial::Stream {
+                                    remaining: body_len,
+                                });
+                            }
+                        }
+                        Route::Drop => {
+                            self.pass_client_run();
+                            self.cin.start += 5;
+                            if body_len > 0 {
+                                self.cside.partial = Some(Partial::Drop {
+                                    remaining: body_len,
+                                });
+                            }
+                        }
+                        Route::Whole => {
+                            self.pass_client_run();
+                            if body_len > MAX_WHOLE {
+                                return self.refuse(Refusal(ErrorResponse::fatal(
+                                    sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                                    format!("message '{}' of {len} bytes is over the {MAX_WHOLE}-byte limit", tag as char),
+                                )));
+                            }
+                            if avail >= 5 + body_len {
+                                let start = self.cin.start + 5;
+                                // Only the index moves: the bytes stay put
+                                // until the next fill.
+                                self.cin.start += 5 + body_len;
+                                let body = Body::Input {
+                                    start,
+                                    len: body_len,
+                                };
+                                if let Err(r) = self.client_whole(tag, body) {
+                                    return self.refuse(r);
+                                }
+                            } else {
+                                self.cin.start += 5;
+                                self.cside.gathered.clear();
+                                self.cside.partial = Some(Partial::Whole { tag, len: body_len });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn client_whole(&mut self, tag: u8, body: Body) -> Result<(), Refusal> {
+        self.ensure_attached()?;
+        let Transaction {
+            cin,
+            cside,
+            rewriter,
+            attach,
+            to_server,
+            to_client,
+            ..
+        } = self;
+        let body = body.bytes(cin, &cside.gathered);
+        let result = rewriter
+            .client_message(
+                tag,
+                body,
+                attach.statements(),
+                &mut to_server.buf,
+                &mut to_client.buf,
+            )
+            .map_err(|e| Refusal(ErrorResponse::fatal(e.sqlstate(), e.to_string())));
+        cside.gathered.clear();
+        result
+    }
+
+    fn on_server_input(&mut self) -> Option<Outcome> {
+        let done = self.take_server_input();
+        self.pass_server_run();
+        done
+    }
+
+    fn take_server_input(&mut self) -> Option<Outcome> {
+        loop {
+            let avail = self.sin.available().len();
+            match self.sside.partial.take() {
+                Some(Partial::Stream { remaining }) if avail == 0 => {
+                    self.sside.partial = Some(Partial::Stream { remaining });
+                    return None;
+                }
+                Some(Partial::Stream { remaining }) => {
+                    let n = remaining.min(avail);
+                    self.sin.forward(n);
+                    if remaining > n {
+                        self.sside.partial = Some(Partial::Stream {
+                            remaining: remaining - n,
+                        });
+                    }
+                }
+                Some(Partial::Drop { .. }) => return None,
+                Some(Partial::Whole { tag, len }) => {
+                    self.pass_server_run();
+                    let n = (len - self.sside.gathered.len()).min(avail);
+                    let start = self.sin.start;
+                    self.sside
+                        .gathered
+                        .extend_from_slice(&self.sin.buf[start..start + n]);
+                    self.sin.start += n;
+                    if self.sside.gathered.len() < len {
+                        self.sside.partial = Some(Partial::Whole { tag, len });
+                        return None;
+                    }
+                    if let Some(done) = self.server_whole(tag, Body::Gathered) {
+                        return Some(done);
+                    }
+                }
+                None => {
+                    let header = match Header::peek(self.sin.available(), MAX_SERVER_MESSAGE) {
+                        Ok(Some(h)) => h,
+                        Ok(None) => return None,
+                        Err(e) => return Some(Outcome::ServerLost(format!("server {e}"))),
+                    };
+                    let (tag, len, body_len) = (header.tag, header.len, header.body_len());
+                    match self.rewriter.server_route(tag) {
+                        Route::Stream => {
+                            self.sin.forward(5);
+                            if body_len > 0 {
+                                self.sside.partial = Some(Partial::Stream {
+                                    remaining: body_len,
+                                });
+                            }
+                        }
+                        Route::Drop | Route::Whole => {
+                            self.pass_server_run();
+                            if body_len > MAX_WHOLE {
+                                return Some(Outcome::ServerLost(format!(
+                                    "server message of {len} bytes"
+                                )));
+                            }
+                            if avail >= 5 + body_len {
+                                let start = self.sin.start + 5;
+                                self.sin.start += 5 + body_len;
+                                let body = Body::Input {
+                                    start,
+                                    len: body_len,
+                                };
+                                if let Some(done) = self.server_whole(tag, body) {
+                                    return Some(done);
+                                }
+                            } else {
+                                self.sin.start += 5;
+                                self.sside.gathered.clear();
+                                self.sside.partial = Some(Partial::Whole { tag, len: body_len });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn server_whole(&mut self, tag: u8, body: Body) -> Option<Outcome> {
+        let Transaction {
+            sin,
+            sside,
+            rewriter,
+            attach,
+            to_server,
+            to_client,
+            server_fatal,
+            ..
+        } = self;
+        let body = body.bytes(sin, &sside.gathered);
+        match tag {
+            backend::PARAMETER_STATUS => {
+                if let Ok((k, v)) = protocol::parse_parameter_status(body) {
+                    attach.parameter(&k, &v);
+                }
+            }
+            backend::ERROR_RESPONSE if is_fatal_or_panic(body) => *server_fatal = true,
+            _ => {}
+        }
+        let result = match rewriter.server_message(
+            tag,
+            body,
+            attach.statements(),
+            &mut to_server.buf,
+            &mut to_client.buf,
+        ) {
+            Ok(()) => None,
+            Err(e) => Some(Outcome::ServerLost(e.to_string())),
+        };
+        sside.gathered.clear();
+        result
+    }
 }
+
+/// Where a whole message's body is: still in the input buffer, or gathered
+/// across reads. Handing the rewriter a slice of either spares a copy and
+/// an allocation per message.
+#[derive(Clone, Copy)]
+enum Body {
+    Input { start: usize, len: usize },
+    Gathered,
+}
+
+impl Body {
+    fn bytes<'b>(self, input: &'b Input, gathered: &'b [u8]) -> &'b [u8] {
+        match self {
+            Body::Input { start, len } => &input.buf[start..start + len],
+            Body::Gathered => gathered,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -12,6 +12,70 @@
 /// Tag byte plus Int32 length.
 pub const HEADER_LEN: usize = 5;
 
+/// A tagged message's header, read without touching its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub tag: u8,
+    /// The length field: body plus the four bytes of the field itself.
+    pub len: u32,
+}
+
+impl Header {
+    /// The header at the start of `buf`, or `None` while fewer than five
+    /// bytes are there. The length is checked (at least 4, at most
+    /// `max_len`) before anyone can size a buffer from it.
+    pub fn peek(buf: &[u8], max_len: u32) -> Result<Option<Header>, FrameError> {
+        let Some(&[tag, a, b, c, d]) = buf.first_chunk::<HEADER_LEN>() else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes([a, b, c, d]);
+        if len < 4 {
+            return Err(FrameError::BadLength { tag, len });
+        }
+        if len > max_len {
+            return Err(FrameError::TooLong {
+                tag,
+                len,
+                max: max_len,
+            });
+        }
+        Ok(Some(Header { tag, len }))
+    }
+
+    /// Body bytes that follow the header.
+    pub fn body_len(self) -> usize {
+        self.len as usize - 4
+    }
+
+    /// Header and body together.
+    pub fn frame_len(self) -> usize {
+        self.len as usize + 1
+    }
+}
+
+/// One whole message borrowed from a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frame<'a> {
+    pub tag: u8,
+    pub body: &'a [u8],
+}
+
+/// The whole messages at the start of `buf`, in order; ends at the first
+/// one cut short or with an impossible length. For buffers pgcorral keeps
+/// itself (a slot's start-up messages), whose end is the end of the data.
+pub fn frames(buf: &[u8]) -> impl Iterator<Item = Frame<'_>> {
+    let mut rest = buf;
+    std::iter::from_fn(move || {
+        let h = Header::peek(rest, u32::MAX).ok()??;
+        let frame = rest.get(..h.frame_len())?;
+        rest = &rest[h.frame_len()..];
+        Some(Frame {
+            tag: h.tag,
+            body: &frame[HEADER_LEN..],
+        })
+    })
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
     #[error("message '{tag}' has an invalid length {len}", tag = *tag as char)]
@@ -109,21 +173,9 @@ impl Framer {
                     });
                 }
             }
-            if buf.len() - at < HEADER_LEN {
+            let Some(Header { tag, len }) = Header::peek(&buf[at..], self.max_len)? else {
                 return Ok(Scanned::Upto(at));
-            }
-            let tag = buf[at];
-            let len = u32::from_be_bytes([buf[at + 1], buf[at + 2], buf[at + 3], buf[at + 4]]);
-            if len < 4 {
-                return Err(FrameError::BadLength { tag, len });
-            }
-            if len > self.max_len {
-                return Err(FrameError::TooLong {
-                    tag,
-                    len,
-                    max: self.max_len,
-                });
-            }
+            };
             match on(Event::Start {
                 tag,
                 len,
@@ -150,6 +202,7 @@ impl Framer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
         let mut v = vec![tag];
@@ -254,6 +307,151 @@ mod tests {
             f.scan(&big, 0, |_| Flow::Skip),
             Err(FrameError::TooLong { .. })
         ));
+    }
+
+    fn stream_of(messages: &[(u8, Vec<u8>)]) -> Vec<u8> {
+        messages.iter().flat_map(|(t, b)| msg(*t, b)).collect()
+    }
+
+    /// Feeds `stream` cut at `cuts` (sorted offsets) the way a pipeline
+    /// does, capturing every body in full; returns each message seen as
+    /// (tag, offset of its tag in the stream, captured body).
+    fn scan_split(stream: &[u8], cuts: &[usize]) -> Vec<(u8, usize, Vec<u8>)> {
+        let mut f = Framer::new(1 << 20, 1 << 20);
+        let mut seen: Vec<(u8, usize, Vec<u8>)> = Vec::new();
+        let mut buf: Vec<u8> = Vec::new();
+        let mut buf_offset = 0; // stream offset of buf[0]
+        let mut last = 0;
+        for &cut in cuts.iter().chain(std::iter::once(&stream.len())) {
+            buf.extend_from_slice(&stream[last..cut]);
+            last = cut;
+            let r = f
+                .scan(&buf, 0, |e| {
+                    match e {
+                        Event::Start { tag, start, .. } => {
+                            seen.push((tag, buf_offset + start, Vec::new()))
+                        }
+                        Event::Complete { body, .. } => {
+                            if let Some(m) = seen.last_mut() {
+                                m.2 = body.to_vec();
+                            }
+                        }
+                    }
+                    Flow::Capture
+                })
+                .unwrap();
+            let Scanned::Upto(n) = r else {
+                panic!("no stop was asked for")
+            };
+            buf.drain(..n);
+            buf_offset += n;
+        }
+        assert!(buf.is_empty() && f.at_boundary(), "whole stream consumed");
+        seen
+    }
+
+    fn messages() -> impl Strategy<Value = Vec<(u8, Vec<u8>)>> {
+        proptest::collection::vec(
+            (any::<u8>(), proptest::collection::vec(any::<u8>(), 0..40)),
+            0..12,
+        )
+    }
+
+    proptest! {
+        /// However a valid stream is split into reads, the framer reports
+        /// the same messages at the same offsets with the same bodies.
+        #[test]
+        fn any_split_yields_the_same_messages(
+            msgs in messages(),
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..16),
+        ) {
+            let stream = stream_of(&msgs);
+            let mut cuts: Vec<usize> = cuts.iter().map(|i| i.index(stream.len() + 1)).collect();
+            cuts.sort_unstable();
+            let expect: Vec<(u8, usize, Vec<u8>)> = {
+                let mut at = 0;
+                frames(&stream)
+                    .map(|f| {
+                        let m = (f.tag, at, f.body.to_vec());
+                        at += HEADER_LEN + f.body.len();
+                        m
+                    })
+                    .collect()
+            };
+            prop_assert_eq!(expect.len(), msgs.len());
+            prop_assert_eq!(scan_split(&stream, &cuts), expect);
+        }
+
+        /// Stopping in front of a message consumes exactly the messages
+        /// before it, whatever the split.
+        #[test]
+        fn any_split_stops_in_front_of_the_same_message(
+            msgs in messages(),
+            stop in any::<prop::sample::Index>(),
+            step in 1usize..64,
+        ) {
+            prop_assume!(!msgs.is_empty());
+            let stop_at = stop.index(msgs.len());
+            let stop_tag = msgs[stop_at].0;
+            let first = msgs.iter().position(|(t, _)| *t == stop_tag).unwrap_or(stop_at);
+            let stream = stream_of(&msgs);
+            let before: usize = msgs[..first].iter().map(|(_, b)| HEADER_LEN + b.len()).sum();
+            let (tags, _, consumed) = run(&stream, step, stop_tag);
+            prop_assert_eq!(consumed, before);
+            prop_assert_eq!(tags.len(), first + 1);
+        }
+
+        /// Garbage never panics the framer: it reports an error or walks on.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200),
+                                       step in 1usize..32) {
+            let mut f = Framer::new(1 << 16, 8);
+            let mut buf = Vec::new();
+            for piece in bytes.chunks(step) {
+                buf.extend_from_slice(piece);
+                match f.scan(&buf, 0, |_| Flow::Capture) {
+                    Ok(Scanned::Upto(n)) => { buf.drain(..n); }
+                    Ok(Scanned::Stopped(_)) | Err(_) => break,
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn header_peek_checks_before_anything_is_sized() {
+        assert_eq!(Header::peek(&[b'Q', 0, 0], 100), Ok(None));
+        assert_eq!(
+            Header::peek(&[b'Q', 0, 0, 0, 9, 1, 2], 100),
+            Ok(Some(Header { tag: b'Q', len: 9 }))
+        );
+        assert_eq!(Header { tag: b'Q', len: 9 }.body_len(), 5);
+        assert_eq!(Header { tag: b'Q', len: 9 }.frame_len(), 10);
+        assert_eq!(
+            Header::peek(&[b'Q', 0, 0, 0, 2], 100),
+            Err(FrameError::BadLength { tag: b'Q', len: 2 })
+        );
+        assert_eq!(
+            Header::peek(&[b'd', 0, 0, 0, 101], 100),
+            Err(FrameError::TooLong {
+                tag: b'd',
+                len: 101,
+                max: 100
+            })
+        );
+    }
+
+    #[test]
+    fn frames_stop_at_a_cut_or_impossible_message() {
+        let mut s = msg(b'S', b"a\0b\0");
+        s.extend(msg(b'K', &[0; 8]));
+        let all: Vec<_> = frames(&s).collect();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[1].tag, b'K');
+        assert_eq!(frames(&s[..s.len() - 1]).count(), 1);
+        let mut bad = msg(b'S', b"x");
+        bad.extend([b'Z', 0, 0, 0, 1]);
+        bad.extend(msg(b'Z', b"I"));
+        assert_eq!(frames(&bad).count(), 1);
     }
 
     #[test]

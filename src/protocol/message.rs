@@ -3,6 +3,7 @@
 
 use std::io::{self, Read};
 
+use super::framer::{FrameError, Header, HEADER_LEN};
 use super::ProtocolError;
 
 /// One whole tagged message as read off the wire.
@@ -24,13 +25,16 @@ const PREALLOCATE_LIMIT: usize = 256 * 1024;
 /// error count body bytes, so they compare with the configured limit). A
 /// stream that ends before the announced length is `Eof`.
 pub fn read_message<R: Read>(r: &mut R, max_body: usize) -> Result<Message, ProtocolError> {
-    let mut header = [0u8; 5];
+    let mut header = [0u8; HEADER_LEN];
     read_exact(r, &mut header)?;
-    let tag = header[0];
-    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
-    if len < 4 {
-        return Err(ProtocolError::BadLength { len: len.into() });
-    }
+    // The body cap is checked below in body bytes, as the limit is given.
+    let Header { tag, len } = match Header::peek(&header, u32::MAX) {
+        Ok(Some(h)) => h,
+        Ok(None) => return Err(ProtocolError::Eof),
+        Err(FrameError::BadLength { len, .. } | FrameError::TooLong { len, .. }) => {
+            return Err(ProtocolError::BadLength { len: len.into() })
+        }
+    };
     let body_len = u64::from(len - 4);
     if body_len > max_body as u64 {
         return Err(ProtocolError::TooLong {

@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod error_response;
+pub mod extended;
 pub mod framer;
 pub mod frontend;
 pub mod message;

@@ -11,6 +11,7 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::protocol::framer::frames;
 use crate::protocol::{self, tag::backend};
 use crate::random::{self, RandomError};
 use crate::segment::Segment;
@@ -25,22 +26,12 @@ pub fn new_secret() -> Result<i32, RandomError> {
 /// Copies the server's start-up messages for a client, with the server's
 /// BackendKeyData replaced by the client's own.
 pub fn startup_for_client(server_startup: &[u8], process_id: i32, secret: i32, out: &mut Vec<u8>) {
-    let mut at = 0;
-    while server_startup.len() - at >= 5 {
-        let tag = server_startup[at];
-        let len = u32::from_be_bytes([
-            server_startup[at + 1],
-            server_startup[at + 2],
-            server_startup[at + 3],
-            server_startup[at + 4],
-        ]) as usize;
-        let end = (at + 1 + len).min(server_startup.len());
-        if tag == backend::BACKEND_KEY_DATA {
+    for frame in frames(server_startup) {
+        if frame.tag == backend::BACKEND_KEY_DATA {
             protocol::backend_key_data(out, process_id, secret);
         } else {
-            out.extend_from_slice(&server_startup[at..end]);
+            protocol::write_message(out, frame.tag, |b| b.extend_from_slice(frame.body));
         }
-        at = end.max(at + 5);
     }
 }
 

@@ -18,7 +18,6 @@ use crate::fdio as io;
 use crate::management::ManagementError;
 use crate::pipeline::performance::Performance;
 use crate::pipeline::prepared::Rewriter;
-use crate::pipeline::statements::Statements;
 use crate::pipeline::transaction::Transaction;
 use crate::pipeline::Outcome;
 use crate::pool::PoolError;
@@ -189,28 +188,6 @@ fn log_outcome(peer: &Peer, outcome: &Outcome) {
 fn run_transaction(
     client: BorrowedFd<'_>,
     attach: WorkerAttach<'_>,
-    idle_limit: Duration,
-) -> Outcome {
-    if let Err(e) = io::set_nonblocking(client, true) {
-        return Outcome::Io(e);
-    }
-    signals::enter_pipeline();
-    let mut p = Transaction::new(client, attach, &signals::STOP, signals::wait_mask())
-        .with_idle_limit(Some(idle_limit));
-    let outcome = p.run();
-    tell_client(
-        client,
-        &outcome,
-        p.state.server_fatal,
-        p.client_at_boundary(),
-    );
-    signals::leave_pipeline();
-    outcome
-}
-
-fn run_statements(
-    client: BorrowedFd<'_>,
-    attach: WorkerAttach<'_>,
     rewriter: Rewriter,
     idle_limit: Duration,
 ) -> Outcome {
@@ -218,7 +195,7 @@ fn run_statements(
         return Outcome::Io(e);
     }
     signals::enter_pipeline();
-    let mut p = Statements::new(
+    let mut p = Transaction::new(
         client,
         attach,
         rewriter,

@@ -252,12 +252,12 @@ impl<'a> Session<'a> {
             pinned,
             statements: SlotStatements { slot: None },
         };
-        if main.max_prepared_statements > 0 {
-            let rewriter = Rewriter::new(main.max_prepared_statements, self.ctx.statement_key);
-            super::run_statements(self.client, attach, rewriter, main.disconnect_client)
+        let rewriter = if main.max_prepared_statements > 0 {
+            Rewriter::new(main.max_prepared_statements, self.ctx.statement_key)
         } else {
-            super::run_transaction(self.client, attach, main.disconnect_client)
-        }
+            Rewriter::pass_through()
+        };
+        super::run_transaction(self.client, attach, rewriter, main.disconnect_client)
     }
 
     fn give_back(&mut self, verdict: Verdict) -> CheckedIn {
