@@ -401,7 +401,7 @@ fn a_master_key_readable_by_others_is_refused() {
     let config = dir.path().join("pgcorral.toml");
     let text = common::render_config(
         &pg,
-        common::free_port(),
+        0,
         dir.path(),
         &format!(
             "users_file = \"{}\"\nmaster_key_file = \"{}\"",

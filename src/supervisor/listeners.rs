@@ -30,6 +30,9 @@ pub enum ListenError {
     InUse(PathBuf),
 }
 
+/// Binds every address `host` resolves to. With `port` 0 the kernel picks a
+/// port for the first address and the others are bound to that same port,
+/// so one number names all of them (and the Unix socket named after it).
 pub fn tcp(host: &str, port: u16) -> Result<Vec<TcpListener>, ListenError> {
     let addrs: Vec<SocketAddr> = if host == "*" {
         vec![SocketAddr::from(([0, 0, 0, 0], port))]
@@ -42,15 +45,35 @@ pub fn tcp(host: &str, port: u16) -> Result<Vec<TcpListener>, ListenError> {
             })?
             .collect()
     };
-    let mut out = Vec::new();
-    for a in addrs {
+    let mut out: Vec<TcpListener> = Vec::new();
+    let mut chosen = port;
+    for mut a in addrs {
+        a.set_port(chosen);
         let l = TcpListener::bind(a).map_err(|source| ListenError::Bind {
             addr: a.to_string(),
             source,
         })?;
+        if chosen == 0 {
+            chosen = l
+                .local_addr()
+                .map_err(|source| ListenError::Bind {
+                    addr: a.to_string(),
+                    source,
+                })?
+                .port();
+        }
         out.push(l);
     }
     Ok(out)
+}
+
+/// The port the listeners are bound to: the configured one, or the one the
+/// kernel chose when the configuration asked for port 0.
+pub fn bound_port(listeners: &[TcpListener]) -> Option<u16> {
+    listeners
+        .first()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| a.port())
 }
 
 /// Binds a Unix-domain listener, replacing a stale socket file left by a
