@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{output_within, pg_bin, pgbench, wait_until, Pgcorral, Postgres};
 use postgres::error::SqlState;
@@ -200,15 +200,10 @@ fn cancel_reaches_the_query_on_whatever_connection_it_runs() {
     assert!(wait_until(Duration::from_secs(5), || !pg
         .backends_with_query("select pg_sleep(30)")
         .is_empty()));
-    let started = Instant::now();
     token.cancel_query(NoTls).expect("cancel");
+    // QUERY_CANCELED, not the end of the 30 s sleep, shows the cancel landed.
     let err = sleeper.join().expect("thread").expect_err("not cancelled");
     assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err}");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "cancel took {:?}",
-        started.elapsed()
-    );
     drop(idle);
 }
 
