@@ -112,12 +112,14 @@ fn every_command_answers_in_text_and_json() {
     );
     let j = json(&pc, &["ping"]);
     assert!(j.contains(&format!("\"pid\":{}", pc.pid)), "{j}");
-    // The same through the configuration file.
+    // The configuration file says `port = 0`, which names no socket: the
+    // cli asks for the port rather than looking for `.s.pgcorral.0`.
     let (status, out, err) = run(Command::new(cli_bin())
         .arg("-c")
         .arg(&pc.config_path)
         .arg("ping"));
-    assert_eq!(status, 0, "{out}{err}");
+    assert_eq!(status, 2, "{out}{err}");
+    assert!(err.contains("port = 0") && err.contains("-p PORT"), "{err}");
 
     let mut client = pc.connect();
     let text = ok(&pc, &["status"]);
