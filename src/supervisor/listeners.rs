@@ -90,3 +90,26 @@ pub fn unix(path: &Path) -> Result<UnixListener, ListenError> {
         source,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_zero_gives_every_address_the_same_chosen_port() {
+        // "localhost" may resolve to 127.0.0.1 and ::1: both must share the
+        // port the kernel picked for the first.
+        let listeners = match tcp("localhost", 0) {
+            Ok(l) => l,
+            // A host without IPv6 cannot bind ::1; the single-address case
+            // below still runs.
+            Err(ListenError::Bind { .. }) => tcp("127.0.0.1", 0).expect("bind 127.0.0.1:0"),
+            Err(e) => panic!("{e}"),
+        };
+        let port = bound_port(&listeners).expect("a bound port");
+        assert_ne!(port, 0);
+        for l in &listeners {
+            assert_eq!(l.local_addr().expect("local address").port(), port);
+        }
+    }
+}
