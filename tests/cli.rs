@@ -377,7 +377,7 @@ fn flush_idle_closes_only_free_connections() {
         "{text}"
     );
     assert!(
-        wait_until(Duration::from_secs(5), || !pg.backend_exists(idle)),
+        wait_until(Duration::from_secs(30), || !pg.backend_exists(idle)),
         "the FREE connection's backend is gone"
     );
     assert!(pg.backend_exists(busy_backend), "the IN_USE one stays");
@@ -398,7 +398,7 @@ fn flush_gracefully_lets_clients_finish_then_closes() {
     let j = json(&pc, &["flush", "gracefully"]);
     assert!(j.contains("\"closed\":1,\"marked\":1"), "{j}");
     assert!(
-        wait_until(Duration::from_secs(5), || !pg.backend_exists(idle)),
+        wait_until(Duration::from_secs(30), || !pg.backend_exists(idle)),
         "the idle connection is closed at once"
     );
     // The client in the middle of its session goes on undisturbed.
@@ -519,7 +519,7 @@ fn shutdown_gracefully_then_cancel() {
     let text = ok(&pc, &["shutdown", "gracefully"]);
     assert!(text.contains("graceful shutdown started"), "{text}");
     assert!(
-        wait_until(Duration::from_secs(5), || refuses(&pc)),
+        wait_until(Duration::from_secs(30), || refuses(&pc)),
         "new clients are refused, as after SIGTRAP"
     );
     assert!(!pc.unix_socket().exists());
@@ -532,7 +532,7 @@ fn shutdown_gracefully_then_cancel() {
     let text = ok(&pc, &["shutdown", "cancel"]);
     assert!(text.contains("cancelled"), "{text}");
     assert!(
-        wait_until(Duration::from_secs(5), || pc.try_connect().is_ok()),
+        wait_until(Duration::from_secs(30), || pc.try_connect().is_ok()),
         "clients are accepted again"
     );
     pc.connect_unix().simple_query("select 1").unwrap();
@@ -571,7 +571,7 @@ fn sighup_applies_reloadable_keys_and_names_the_others() {
     // The configured value is kept: 0, which the daemon resolved to pc.port.
     let restart = "port needs a restart; keeping 0";
     assert!(
-        wait_until(Duration::from_secs(5), || pc.log().contains(restart)),
+        wait_until(Duration::from_secs(30), || pc.log().contains(restart)),
         "the log names port: {}",
         pc.log()
     );
@@ -580,7 +580,7 @@ fn sighup_applies_reloadable_keys_and_names_the_others() {
     // the old port keeps serving.
     pc.connect().simple_query("select 1").unwrap();
     assert!(
-        wait_until(Duration::from_secs(5), || pc.log().contains(" DEBUG ")),
+        wait_until(Duration::from_secs(30), || pc.log().contains(" DEBUG ")),
         "debug lines after the reload"
     );
     // Not `tcp_listening(new_port)`: a parallel test may bind that port.
@@ -595,7 +595,7 @@ fn sighup_applies_reloadable_keys_and_names_the_others() {
     let (_, err) = fails(&pc, &["conf", "reload"], 1);
     assert!(err.contains("configuration not reloaded"), "{err}");
     pc.signal(Signal::SIGHUP);
-    assert!(wait_until(Duration::from_secs(5), || pc
+    assert!(wait_until(Duration::from_secs(30), || pc
         .log()
         .matches("configuration not reloaded")
         .count()
@@ -822,7 +822,7 @@ fn flush_idle_then_the_pool_returns_to_min_size() {
     );
     let count = || pg.backend_count(None);
     assert!(
-        common::wait_until(Duration::from_secs(5), || count() == 3),
+        common::wait_until(Duration::from_secs(30), || count() == 3),
         "prefill: {} backends",
         count()
     );

@@ -108,7 +108,7 @@ fn connections_and_disconnections_are_logged_when_asked() {
     c.simple_query("select 1").expect("query");
     drop(c);
     assert!(
-        common::wait_until(std::time::Duration::from_secs(5), || {
+        common::wait_until(std::time::Duration::from_secs(30), || {
             let log = pc.log();
             log.contains("connection: postgres/postgres from 127.0.0.1:")
                 && log.contains("disconnection: postgres/postgres from 127.0.0.1:")

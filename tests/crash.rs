@@ -107,7 +107,9 @@ fn killed_worker_costs_only_its_client() {
 
     // The supervisor reaps the dead worker (SIGCHLD) rather than leaving a zombie.
     assert!(
-        wait_until(Duration::from_secs(5), || !pc.workers().contains(&a_worker)),
+        wait_until(Duration::from_secs(30), || !pc
+            .workers()
+            .contains(&a_worker)),
         "A's worker {a_worker} was never reaped (zombie: {})",
         is_zombie_or_gone(a_worker)
     );
@@ -153,7 +155,7 @@ fn killed_worker_costs_only_its_client() {
     // With every client gone, no slot is left IN_USE, and none still names
     // the dead worker as its owner.
     assert!(
-        wait_until(Duration::from_secs(5), || pc.workers().is_empty()),
+        wait_until(Duration::from_secs(30), || pc.workers().is_empty()),
         "workers left after all clients quit: {:?}",
         pc.workers()
     );
@@ -164,7 +166,7 @@ fn killed_worker_costs_only_its_client() {
         5,
         "the segment should have max_connections slots"
     );
-    let settled = wait_until(Duration::from_secs(5), || {
+    let settled = wait_until(Duration::from_secs(30), || {
         seg.slots()
             .iter()
             .all(|s| s.state() != SlotState::InUse && s.owner_pid() != a_worker)
@@ -185,7 +187,7 @@ fn killed_worker_costs_only_its_client() {
         .collect();
     assert!(
         settled,
-        "slots not reclaimed 5 s after the last client left (dead worker {a_worker}):\n{}",
+        "slots not reclaimed 30 s after the last client left (dead worker {a_worker}):\n{}",
         table.join("\n")
     );
     assert!(

@@ -49,8 +49,8 @@ fn sigtrap_lets_connected_clients_finish() {
     pc.signal(Signal::SIGTRAP);
 
     assert!(
-        wait_until(Duration::from_secs(5), || refuses_tcp(&pc)),
-        "a new TCP client was still served 5 s after SIGTRAP"
+        wait_until(Duration::from_secs(30), || refuses_tcp(&pc)),
+        "a new TCP client was still served 30 s after SIGTRAP"
     );
     assert!(
         refuses_unix(&pc),
@@ -87,12 +87,12 @@ fn sigtrap_lets_connected_clients_finish() {
         "graceful shutdown should exit 0, got {status}"
     );
     assert!(
-        wait_until(Duration::from_secs(2), || pc.group_members().is_empty()),
+        wait_until(Duration::from_secs(30), || pc.group_members().is_empty()),
         "processes left in pgcorral's group: {:?}",
         pc.group_members()
     );
     assert!(
-        wait_until(Duration::from_secs(5), || pg.backend_count(None) == 0),
+        wait_until(Duration::from_secs(30), || pg.backend_count(None) == 0),
         "pooled server connections outlived pgcorral: {} client backends",
         pg.backend_count(None)
     );
@@ -133,7 +133,7 @@ fn sigterm_ends_everything_now() {
     );
 
     assert!(
-        wait_until(Duration::from_secs(2), || pc.group_members().is_empty()),
+        wait_until(Duration::from_secs(30), || pc.group_members().is_empty()),
         "processes of pgcorral's group outlived it: {:?}",
         pc.group_members()
     );
@@ -147,8 +147,8 @@ fn sigterm_ends_everything_now() {
         "the busy client's query finished normally despite SIGTERM"
     );
     assert!(
-        wait_until(Duration::from_secs(5), || pg.backend_count(None) == 0),
-        "PostgreSQL still has {} client backends 5 s after pgcorral exited:\n{}",
+        wait_until(Duration::from_secs(30), || pg.backend_count(None) == 0),
+        "PostgreSQL still has {} client backends 30 s after pgcorral exited:\n{}",
         pg.backend_count(None),
         pg.psql(
             "select pid, state, query from pg_stat_activity \

@@ -143,7 +143,7 @@ fn client_beyond_the_slots_gets_53300_after_blocking_timeout() {
 
     holders.clear();
     assert!(
-        wait_until(Duration::from_secs(5), || pc.workers().is_empty()),
+        wait_until(Duration::from_secs(30), || pc.workers().is_empty()),
         "holders' workers still there: {:?}",
         pc.workers()
     );
