@@ -151,7 +151,6 @@ pub struct ServerConfig {
     pub name: String,
     /// Host name or address; a value starting with `/` is a Unix socket directory.
     pub host: String,
-    /// 0 lets the kernel choose a free port (see `--port-file`).
     pub port: u16,
     pub primary: bool,
 }
