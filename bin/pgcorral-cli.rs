@@ -281,6 +281,12 @@ fn main() -> ExitCode {
             port.unwrap_or(DEFAULT_PORT),
         ),
     };
+    if port == 0 {
+        // Only the running daemon knows the port it was given.
+        let message = "the configuration says port = 0 (chosen at start-up): \
+                       give -s DIR -p PORT with the port pgcorral listens on";
+        return fail(format, name, message, EXIT_USAGE);
+    }
     let path = management::socket_path(&dir, port);
 
     let client = match ManagementClient::connect(&path) {

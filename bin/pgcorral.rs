@@ -29,6 +29,10 @@ struct Args {
     /// Take over from a running pgcorral.
     #[arg(long)]
     upgrade: bool,
+    /// Once listening, write the TCP port to this file (useful with
+    /// `port = 0`); it appears whole, never half-written.
+    #[arg(long = "port-file", value_name = "PATH")]
+    port_file: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -86,13 +90,40 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Some(path) = &args.port_file {
+        if let Err(e) = write_port_file(path, supervisor.port()) {
+            log::error!("cannot write the port file {}: {e}", path.display());
+            eprintln!(
+                "pgcorral: cannot write the port file {}: {e}",
+                path.display()
+            );
+            return ExitCode::from(1);
+        }
+    }
     pgcorral::process_title::set("pgcorral: supervisor");
     log::info!(
         "pgcorral {} started (pid {})",
         env!("CARGO_PKG_VERSION"),
         std::process::id()
     );
-    ExitCode::from(supervisor.run().clamp(0, 255) as u8)
+    let status = supervisor.run();
+    if let Some(path) = &args.port_file {
+        let _ = std::fs::remove_file(path);
+    }
+    ExitCode::from(status.clamp(0, 255) as u8)
+}
+
+/// Writes the port next to `path` and renames it into place, so whoever
+/// polls for the file never reads a partial number. It is written after
+/// the listeners are bound: connecting as soon as it exists cannot race.
+fn write_port_file(path: &std::path::Path, port: u16) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, format!("{port}\n"))?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
 }
 
 /// Detaches from the terminal: the parent exits, the child leads a new

@@ -108,7 +108,7 @@ fn connections_and_disconnections_are_logged_when_asked() {
     c.simple_query("select 1").expect("query");
     drop(c);
     assert!(
-        common::wait_until(std::time::Duration::from_secs(5), || {
+        common::wait_until(std::time::Duration::from_secs(30), || {
             let log = pc.log();
             log.contains("connection: postgres/postgres from 127.0.0.1:")
                 && log.contains("disconnection: postgres/postgres from 127.0.0.1:")
@@ -176,4 +176,34 @@ fn the_log_file_is_rotated_by_size() {
     );
     let current = std::fs::read_to_string(&log).expect("the current log file exists");
     assert!(current.contains("log rotated"), "{current}");
+}
+
+/// `port = 0` (what the harness always asks for): the kernel picks the
+/// port, and the port file, the log line, the Unix socket and the
+/// management socket all name the one port actually bound.
+#[test]
+fn port_zero_names_everything_after_the_bound_port() {
+    let pg = Postgres::start();
+    let pc = Pgcorral::start(&pg, "");
+    assert_ne!(pc.port, 0);
+    assert!(
+        std::fs::read_to_string(&pc.config_path)
+            .expect("read the config")
+            .contains("\nport = 0\n"),
+        "the harness configures port 0"
+    );
+    assert!(common::tcp_listening(pc.port), "nothing on {}", pc.port);
+    assert!(
+        pc.log()
+            .contains(&format!("listening on 127.0.0.1:{}", pc.port)),
+        "{}",
+        pc.log()
+    );
+    assert!(pc.unix_socket().exists(), "{}", pc.unix_socket().display());
+    assert!(pc
+        .socket_dir
+        .join(format!(".s.pgcorral.{}", pc.port))
+        .exists());
+    assert_eq!(pc.psql_unix("select 7"), "7");
+    assert_eq!(pc.psql("select 8"), "8");
 }

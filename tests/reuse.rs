@@ -19,8 +19,8 @@ fn backend_pid(client: &mut common::Client) -> i32 {
 /// otherwise that client could legitimately be given a second connection.
 fn wait_workers_gone(pc: &Pgcorral) {
     assert!(
-        wait_until(Duration::from_secs(5), || pc.workers().is_empty()),
-        "workers still running 5 s after their clients left: {:?}",
+        wait_until(Duration::from_secs(30), || pc.workers().is_empty()),
+        "workers still running 30 s after their clients left: {:?}",
         pc.workers()
     );
 }

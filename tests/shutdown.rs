@@ -49,8 +49,8 @@ fn sigtrap_lets_connected_clients_finish() {
     pc.signal(Signal::SIGTRAP);
 
     assert!(
-        wait_until(Duration::from_secs(5), || refuses_tcp(&pc)),
-        "a new TCP client was still served 5 s after SIGTRAP"
+        wait_until(Duration::from_secs(30), || refuses_tcp(&pc)),
+        "a new TCP client was still served 30 s after SIGTRAP"
     );
     assert!(
         refuses_unix(&pc),
@@ -69,28 +69,30 @@ fn sigtrap_lets_connected_clients_finish() {
         .expect("statements in a transaction after SIGTRAP");
     tx.commit().expect("commit after SIGTRAP");
 
+    // Everything above was answered, so the daemon was up all along; it
+    // must still be, with the client connected.
     assert_eq!(
-        pc.wait_exit(Duration::from_millis(500)),
+        pc.wait_exit(Duration::ZERO),
         None,
         "pgcorral exited while a client was still connected"
     );
 
     drop(client);
     let status = pc
-        .wait_exit(Duration::from_secs(10))
-        .expect("pgcorral still running 10 s after its last client left");
+        .wait_exit(Duration::from_secs(30))
+        .expect("pgcorral still running 30 s after its last client left");
     assert_eq!(
         status.code(),
         Some(0),
         "graceful shutdown should exit 0, got {status}"
     );
     assert!(
-        wait_until(Duration::from_secs(2), || pc.group_members().is_empty()),
+        wait_until(Duration::from_secs(30), || pc.group_members().is_empty()),
         "processes left in pgcorral's group: {:?}",
         pc.group_members()
     );
     assert!(
-        wait_until(Duration::from_secs(5), || pg.backend_count(None) == 0),
+        wait_until(Duration::from_secs(30), || pg.backend_count(None) == 0),
         "pooled server connections outlived pgcorral: {} client backends",
         pg.backend_count(None)
     );
@@ -123,15 +125,15 @@ fn sigterm_ends_everything_now() {
     let sent = Instant::now();
     pc.signal(Signal::SIGTERM);
     let status = pc
-        .wait_exit(Duration::from_secs(5))
-        .expect("pgcorral still running 5 s after SIGTERM");
+        .wait_exit(Duration::from_secs(30))
+        .expect("pgcorral still running 30 s after SIGTERM");
     eprintln!(
         "pgcorral exited with {status} {:?} after SIGTERM",
         sent.elapsed()
     );
 
     assert!(
-        wait_until(Duration::from_secs(2), || pc.group_members().is_empty()),
+        wait_until(Duration::from_secs(30), || pc.group_members().is_empty()),
         "processes of pgcorral's group outlived it: {:?}",
         pc.group_members()
     );
@@ -145,17 +147,20 @@ fn sigterm_ends_everything_now() {
         "the busy client's query finished normally despite SIGTERM"
     );
     assert!(
-        wait_until(Duration::from_secs(5), || pg.backend_count(None) == 0),
-        "PostgreSQL still has {} client backends 5 s after pgcorral exited:\n{}",
+        wait_until(Duration::from_secs(30), || pg.backend_count(None) == 0),
+        "PostgreSQL still has {} client backends 30 s after pgcorral exited:\n{}",
         pg.backend_count(None),
         pg.psql(
             "select pid, state, query from pg_stat_activity \
              where backend_type = 'client backend' and pid <> pg_backend_pid()"
         )
     );
-    assert!(
-        !common::tcp_listening(pc.port),
-        "port {} still listening after exit",
-        pc.port
-    );
+    // The TCP listener died with the process (the group is empty); its
+    // port may already serve another test. The socket files are checked.
+    for socket in [
+        pc.unix_socket(),
+        pc.socket_dir.join(format!(".s.pgcorral.{}", pc.port)),
+    ] {
+        assert!(!socket.exists(), "{} left after exit", socket.display());
+    }
 }

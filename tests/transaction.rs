@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{output_within, pg_bin, pgbench, wait_until, Pgcorral, Postgres};
 use postgres::error::SqlState;
@@ -185,7 +185,7 @@ fn cancel_reaches_the_query_on_whatever_connection_it_runs() {
     // The idle client's key touches nothing.
     let mut other = pc.connect();
     let sleeper = std::thread::spawn(move || other.simple_query("select pg_sleep(1)").map(|_| ()));
-    assert!(wait_until(Duration::from_secs(5), || !pg
+    assert!(wait_until(Duration::from_secs(30), || !pg
         .backends_with_query("select pg_sleep(1)")
         .is_empty()));
     idle_token
@@ -197,18 +197,13 @@ fn cancel_reaches_the_query_on_whatever_connection_it_runs() {
         .expect("the idle client's key cancelled another client's query");
 
     let sleeper = std::thread::spawn(move || busy.simple_query("select pg_sleep(30)"));
-    assert!(wait_until(Duration::from_secs(5), || !pg
+    assert!(wait_until(Duration::from_secs(30), || !pg
         .backends_with_query("select pg_sleep(30)")
         .is_empty()));
-    let started = Instant::now();
     token.cancel_query(NoTls).expect("cancel");
+    // QUERY_CANCELED, not the end of the 30 s sleep, shows the cancel landed.
     let err = sleeper.join().expect("thread").expect_err("not cancelled");
     assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err}");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "cancel took {:?}",
-        started.elapsed()
-    );
     drop(idle);
 }
 
@@ -246,7 +241,7 @@ fn a_client_killed_mid_transaction_leaves_nothing_behind() {
     };
     let mut seen = (1, 1);
     assert!(
-        wait_until(Duration::from_secs(5), || {
+        wait_until(Duration::from_secs(30), || {
             seen = leftovers(&mut next);
             seen == (0, 0)
         }),
@@ -317,7 +312,7 @@ fn session_pipeline_resets_a_connection_before_reuse() {
     a.batch_execute("SET work_mem = '7MB'; CREATE TEMP TABLE mine(x int)")
         .expect("dirty the session");
     drop(a);
-    assert!(wait_until(Duration::from_secs(5), || pc
+    assert!(wait_until(Duration::from_secs(30), || pc
         .workers()
         .is_empty()));
     let mut b = pc.connect();

@@ -80,13 +80,15 @@ impl Visitor<'_> for DurationVisitor {
     }
 
     fn visit_u64<E: de::Error>(self, value: u64) -> Result<Duration, E> {
-        Ok(Duration::from_secs(value))
+        // Same bound as the string form, so that every value the file
+        // accepts can be shown by `conf get` and given back to `conf set`.
+        parse_duration(&value.to_string()).map_err(E::custom)
     }
 
     fn visit_i64<E: de::Error>(self, value: i64) -> Result<Duration, E> {
-        u64::try_from(value)
-            .map(Duration::from_secs)
-            .map_err(|_| E::custom(format!("invalid duration `{value}`: must not be negative")))
+        let value = u64::try_from(value)
+            .map_err(|_| E::custom(format!("invalid duration `{value}`: must not be negative")))?;
+        self.visit_u64(value)
     }
 
     fn visit_str<E: de::Error>(self, value: &str) -> Result<Duration, E> {
@@ -145,6 +147,8 @@ mod tests {
             "true",
             "\"99999999999999999999\"",
             "\"18446744073709551615d\"",
+            // As seconds, more milliseconds than a u64 holds.
+            "9223372036854775807",
         ] {
             let err = from_toml(text).expect_err(text);
             assert!(!err.is_empty(), "{text}");

@@ -45,6 +45,7 @@ pub struct Config {
 pub struct MainConfig {
     /// Listen address; `"*"` means all interfaces.
     pub host: String,
+    /// 0 lets the kernel choose a free port (see `--port-file`).
     pub port: u16,
     /// Also listens on `.s.PGSQL.<port>` here; the management socket lives here too.
     pub unix_socket_dir: PathBuf,
@@ -420,9 +421,6 @@ impl Config {
                 "host",
                 "must not be empty (use \"*\" for all interfaces)",
             ));
-        }
-        if main.port == 0 {
-            return Err(main_err("port", "must be between 1 and 65535"));
         }
         if main.unix_socket_dir.as_os_str().is_empty() {
             return Err(main_err("unix_socket_dir", "must not be empty"));

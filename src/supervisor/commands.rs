@@ -319,7 +319,8 @@ impl Supervisor {
         let fail = |e: &dyn std::fmt::Display| {
             format!("cannot listen again ({e}); the graceful shutdown goes on")
         };
-        let mut tcp = listeners::tcp(&main.host, main.port).map_err(|e| fail(&e))?;
+        // The port bound at startup, not the configured one, which may be 0.
+        let mut tcp = listeners::tcp(&main.host, self.port).map_err(|e| fail(&e))?;
         let mut unix = listeners::unix(&self.unix_path).map_err(|e| fail(&e))?;
         let reg = self.poll.registry();
         reg.register(&mut unix, UNIX, Interest::READABLE)

@@ -72,6 +72,9 @@ pub struct Supervisor {
     poll: Poll,
     signals: signals::Signals,
     tcp: Vec<TcpListener>,
+    /// The port actually listened on (differs from the configured one only
+    /// when that is 0).
+    port: u16,
     unix: Option<UnixListener>,
     unix_path: PathBuf,
     management: UnixListener,
@@ -107,9 +110,12 @@ impl Supervisor {
         let poll = Poll::new().map_err(SupervisorError::Poll)?;
 
         let mut tcp = listeners::tcp(&main.host, main.port)?;
-        let unix_path = listeners::unix_socket_path(&main.unix_socket_dir, main.port);
+        // With `port = 0` the sockets are named after the port the kernel
+        // chose, so clients find them under the number that is logged.
+        let port = listeners::bound_port(&tcp).unwrap_or(main.port);
+        let unix_path = listeners::unix_socket_path(&main.unix_socket_dir, port);
         let mut unix = listeners::unix(&unix_path)?;
-        let management_path = management::socket_path(&main.unix_socket_dir, main.port);
+        let management_path = management::socket_path(&main.unix_socket_dir, port);
         let mut management = listeners::unix(&management_path)?;
 
         let reg = poll.registry();
@@ -149,6 +155,7 @@ impl Supervisor {
             poll,
             signals,
             tcp,
+            port,
             unix: Some(unix),
             unix_path,
             management,
@@ -163,6 +170,11 @@ impl Supervisor {
             upkeep,
             admin: commands::Admin::new(),
         })
+    }
+
+    /// The TCP port clients connect to, once the listeners are up.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// Runs until shut down; returns the process exit status.

@@ -1,8 +1,9 @@
 //! Test harness: a throwaway PostgreSQL, a pgcorral in front of it, and the
 //! helpers every integration test needs to look at both from outside.
 //!
-//! Each test starts its own PostgreSQL and its own pgcorral on free ports in
-//! their own temporary directories, so tests can run in parallel. Every
+//! Each test starts its own PostgreSQL (on a free port, retried if taken)
+//! and its own pgcorral (on a port the kernel picks for it) in their own
+//! temporary directories, so tests can run in parallel. Every
 //! process the harness starts is owned by a value whose `Drop` ends it, so a
 //! panicking test leaves nothing behind.
 
@@ -682,7 +683,9 @@ pub struct Pgcorral {
 
 impl Pgcorral {
     /// Starts pgcorral in front of `pg`; see [`render_config`] for `extra`.
-    /// Returns once the TCP port and the Unix socket both accept.
+    /// pgcorral listens on a port the kernel picks (`port = 0`) and writes
+    /// it to a port file once its listeners are up; this returns then, so
+    /// parallel tests never compete for a port.
     pub fn start(pg: &Postgres, extra: &str) -> Pgcorral {
         let tmp = tempfile::Builder::new()
             .prefix("pgcorral.")
@@ -691,65 +694,58 @@ impl Pgcorral {
         let dir = tmp.path().to_path_buf();
         let config_path = dir.join("pgcorral.toml");
         let log_path = dir.join("pgcorral.log");
+        let port_file = dir.join("pgcorral.port");
 
-        for attempt in 1..=3 {
-            let port = free_port();
-            fs::write(&config_path, render_config(pg, port, &dir, extra))
-                .expect("write pgcorral.toml");
-            let log = File::create(&log_path).expect("create pgcorral.log");
-            let mut proc = GroupChild::spawn(
-                Command::new(pgcorral_bin())
-                    .arg("-c")
-                    .arg(&config_path)
-                    .env("RUST_BACKTRACE", "1")
-                    .stdin(Stdio::null())
-                    .stdout(log.try_clone().expect("dup the log file"))
-                    .stderr(log),
-            )
-            .expect("spawn pgcorral");
+        fs::write(&config_path, render_config(pg, 0, &dir, extra)).expect("write pgcorral.toml");
+        let log = File::create(&log_path).expect("create pgcorral.log");
+        let mut proc = GroupChild::spawn(
+            Command::new(pgcorral_bin())
+                .arg("-c")
+                .arg(&config_path)
+                .arg("--port-file")
+                .arg(&port_file)
+                .env("RUST_BACKTRACE", "1")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("dup the log file"))
+                .stderr(log),
+        )
+        .expect("spawn pgcorral");
 
-            let socket = dir.join(format!(".s.PGSQL.{port}"));
-            let ready = wait_until(Duration::from_secs(10), || {
-                proc.try_status().is_some() || (tcp_listening(port) && socket.exists())
-            });
-            if let Some(status) = proc.try_status() {
-                let log = fs::read_to_string(&log_path).unwrap_or_default();
-                // Another process took the free port between probe and bind.
-                if attempt < 3 && log.contains("in use") {
-                    continue;
-                }
-                panic!(
-                    "pgcorral exited during startup ({status}); config:\n{}\n--- log ---\n{log}",
-                    fs::read_to_string(&config_path).unwrap_or_default()
-                );
-            }
-            if !ready {
-                let log = fs::read_to_string(&log_path).unwrap_or_default();
-                panic!(
-                    "pgcorral did not listen on 127.0.0.1:{port} and {} within 10 s \
-                     (tcp: {}, socket: {}); config:\n{}\n--- log ---\n{log}",
-                    socket.display(),
-                    tcp_listening(port),
-                    socket.exists(),
-                    fs::read_to_string(&config_path).unwrap_or_default()
-                );
-            }
+        // The file is renamed into place whole, after the listeners are
+        // bound: once it can be read, connections are accepted.
+        let read_port =
+            || -> Option<u16> { fs::read_to_string(&port_file).ok()?.trim().parse().ok() };
+        let ready = wait_until(Duration::from_secs(30), || {
+            proc.try_status().is_some() || read_port().is_some()
+        });
+        let port = match (proc.try_status(), read_port()) {
+            (None, Some(port)) if ready => port,
+            (Some(status), _) => panic!(
+                "pgcorral exited during startup ({status}); config:\n{}\n--- log ---\n{}",
+                fs::read_to_string(&config_path).unwrap_or_default(),
+                fs::read_to_string(&log_path).unwrap_or_default()
+            ),
+            _ => panic!(
+                "pgcorral wrote no port file {} within 30 s; config:\n{}\n--- log ---\n{}",
+                port_file.display(),
+                fs::read_to_string(&config_path).unwrap_or_default(),
+                fs::read_to_string(&log_path).unwrap_or_default()
+            ),
+        };
 
-            let pid = proc.pid;
-            let done = Arc::new(Mutex::new(false));
-            spawn_watchdog(pid, done.clone());
-            return Pgcorral {
-                port,
-                pid,
-                socket_dir: dir,
-                log_path,
-                config_path,
-                proc,
-                done,
-                tmp: Some(tmp),
-            };
+        let pid = proc.pid;
+        let done = Arc::new(Mutex::new(false));
+        spawn_watchdog(pid, done.clone());
+        Pgcorral {
+            port,
+            pid,
+            socket_dir: dir,
+            log_path,
+            config_path,
+            proc,
+            done,
+            tmp: Some(tmp),
         }
-        unreachable!("the loop returns or panics")
     }
 
     pub fn config(&self) -> postgres::Config {
