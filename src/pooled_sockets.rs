@@ -14,6 +14,9 @@
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
+use mio::unix::SourceFd;
+use mio::{Interest, Registry, Token};
+
 /// Where the range starts. The placeholders keep the kernel from handing
 /// out these numbers, so the base need not clear anything; low keeps both
 /// the descriptor table a fork copies and the numbers a new worker's
@@ -25,6 +28,12 @@ pub struct PooledSockets {
     /// Generation of the socket held for each slot; 0 = placeholder.
     generations: Vec<u64>,
     placeholder: OwnedFd,
+    /// The supervisor's event loop, once it watches idle sockets; each
+    /// watched number is taken out of it before the number is reused, as
+    /// epoll keeps an entry for as long as the socket is open anywhere (in
+    /// a worker, say) and it could not be removed afterwards.
+    watcher: Option<Registry>,
+    watched: Vec<bool>,
 }
 
 impl PooledSockets {
@@ -42,6 +51,8 @@ impl PooledSockets {
             base,
             generations: vec![0; count],
             placeholder,
+            watcher: None,
+            watched: vec![false; count],
         };
         for slot in 0..count {
             table.dup_into(table.placeholder.as_raw_fd(), slot)?;
@@ -93,6 +104,44 @@ impl PooledSockets {
         }
     }
 
+    /// Lets `watch` register sockets with the supervisor's event loop.
+    pub fn set_watcher(&mut self, registry: Registry) {
+        self.watcher = Some(registry);
+    }
+
+    /// Reports readiness of `slot`'s socket (readable, end of stream,
+    /// hang-up) to the watcher as `token`, until `unwatch`. mio registers
+    /// edge-triggered, so a socket wakes the loop once per arrival.
+    pub fn watch(&mut self, slot: usize, token: Token) -> io::Result<()> {
+        if self.held(slot).is_none() || self.watched.get(slot) != Some(&false) {
+            return Ok(());
+        }
+        let Some(registry) = &self.watcher else {
+            return Ok(());
+        };
+        let fd = self.base + slot as RawFd;
+        registry.register(&mut SourceFd(&fd), token, Interest::READABLE)?;
+        self.watched[slot] = true;
+        Ok(())
+    }
+
+    pub fn watched(&self, slot: usize) -> bool {
+        self.watched.get(slot) == Some(&true)
+    }
+
+    pub fn unwatch(&mut self, slot: usize) {
+        if !self.watched(slot) {
+            return;
+        }
+        self.watched[slot] = false;
+        if let Some(registry) = &self.watcher {
+            let fd = self.base + slot as RawFd;
+            if let Err(e) = registry.deregister(&mut SourceFd(&fd)) {
+                log::error!("slot {slot}: cannot stop watching its socket: {e}");
+            }
+        }
+    }
+
     /// Keeps `fd` as `slot`'s socket. A socket already held for the slot
     /// belonged to an idle connection that was evicted: it is ended politely.
     pub fn install(&mut self, slot: usize, fd: OwnedFd, generation: u64) -> io::Result<()> {
@@ -105,6 +154,7 @@ impl PooledSockets {
         if self.held(slot).is_some() {
             self.end_socket(slot, true);
         }
+        self.unwatch(slot);
         self.dup_into(fd.as_raw_fd(), slot)?;
         self.generations[slot] = generation;
         Ok(())
@@ -119,6 +169,7 @@ impl PooledSockets {
             return;
         }
         self.end_socket(slot, terminate);
+        self.unwatch(slot);
         if let Err(e) = self.dup_into(self.placeholder.as_raw_fd(), slot) {
             log::error!("cannot reset descriptor of slot {slot}: {e}");
         }
