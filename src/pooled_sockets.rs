@@ -266,4 +266,46 @@ mod tests {
             .install(9, UnixStream::pair().unwrap().0.into(), 1)
             .is_err());
     }
+
+    #[test]
+    fn a_watched_socket_wakes_the_loop_until_its_number_is_reused() {
+        use mio::{Events, Poll, Token};
+        use std::time::Duration;
+        ensure_fd_limit(4000).unwrap();
+        let mut poll = Poll::new().unwrap();
+        let mut t = PooledSockets::new_at(3100, 2).unwrap();
+        t.set_watcher(poll.registry().try_clone().unwrap());
+        let (ours, mut peer) = UnixStream::pair().unwrap();
+        t.install(1, ours.into(), 3).unwrap();
+        // A worker's copy keeps the connection open after the table lets
+        // go of it, as epoll would keep a registration.
+        let copy = t.get(1, 3).unwrap().try_clone_to_owned().unwrap();
+        t.watch(1, Token(7)).unwrap();
+        assert!(t.watched(1));
+        t.watch(1, Token(7)).unwrap();
+        let mut events = Events::with_capacity(4);
+        peer.write_all(b"E").unwrap();
+        poll.poll(&mut events, Some(Duration::from_secs(5)))
+            .unwrap();
+        assert_eq!(
+            events.iter().map(|e| e.token()).collect::<Vec<_>>(),
+            [Token(7)]
+        );
+        t.close(1, false);
+        assert!(!t.watched(1));
+        let (again, mut other) = UnixStream::pair().unwrap();
+        t.install(1, again.into(), 4).unwrap();
+        t.watch(1, Token(8)).unwrap();
+        other.write_all(b"E").unwrap();
+        poll.poll(&mut events, Some(Duration::from_secs(5)))
+            .unwrap();
+        assert_eq!(
+            events.iter().map(|e| e.token()).collect::<Vec<_>>(),
+            [Token(8)],
+            "the old connection's registration is gone"
+        );
+        drop(copy);
+        t.close_all(|_| false);
+        assert!(!t.watched(1));
+    }
 }
