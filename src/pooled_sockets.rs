@@ -31,7 +31,9 @@ pub struct PooledSockets {
     /// The supervisor's event loop, once it watches idle sockets; each
     /// watched number is taken out of it before the number is reused, as
     /// epoll keeps an entry for as long as the socket is open anywhere (in
-    /// a worker, say) and it could not be removed afterwards.
+    /// a worker, say) and it could not be removed afterwards. Only the
+    /// supervisor watches: a forked child's copy names a descriptor that
+    /// child closed, and a child never closes or installs sockets.
     watcher: Option<Registry>,
     watched: Vec<bool>,
 }
