@@ -18,6 +18,9 @@ use nix::sys::resource::{getrlimit, setrlimit, Resource};
 
 use crate::sys;
 
+use mio::unix::SourceFd;
+use mio::{Interest, Registry, Token};
+
 /// Where the range starts. The placeholders keep the kernel from handing
 /// out these numbers, so the base need not clear anything; low keeps both
 /// the descriptor table a fork copies and the numbers a new worker's
@@ -33,6 +36,14 @@ pub struct PooledSockets {
     /// Generation of the socket held for each slot; 0 = placeholder.
     generations: Vec<u64>,
     placeholder: OwnedFd,
+    /// The supervisor's event loop, once it watches idle sockets; each
+    /// watched number is taken out of it before the number is reused, as
+    /// epoll keeps an entry for as long as the socket is open anywhere (in
+    /// a worker, say) and it could not be removed afterwards. Only the
+    /// supervisor watches: a forked child's copy names a descriptor that
+    /// child closed, and a child never closes or installs sockets.
+    watcher: Option<Registry>,
+    watched: Vec<bool>,
 }
 
 impl PooledSockets {
@@ -55,6 +66,8 @@ impl PooledSockets {
             fds,
             generations: vec![0; count],
             placeholder,
+            watcher: None,
+            watched: vec![false; count],
         })
     }
 
@@ -89,6 +102,44 @@ impl PooledSockets {
         }
     }
 
+    /// Lets `watch` register sockets with the supervisor's event loop.
+    pub fn set_watcher(&mut self, registry: Registry) {
+        self.watcher = Some(registry);
+    }
+
+    /// Reports readiness of `slot`'s socket (readable, end of stream,
+    /// hang-up) to the watcher as `token`, until `unwatch`. mio registers
+    /// edge-triggered, so a socket wakes the loop once per arrival.
+    pub fn watch(&mut self, slot: usize, token: Token) -> io::Result<()> {
+        if self.held(slot).is_none() || self.watched.get(slot) != Some(&false) {
+            return Ok(());
+        }
+        let Some(registry) = &self.watcher else {
+            return Ok(());
+        };
+        let fd = self.base + slot as RawFd;
+        registry.register(&mut SourceFd(&fd), token, Interest::READABLE)?;
+        self.watched[slot] = true;
+        Ok(())
+    }
+
+    pub fn watched(&self, slot: usize) -> bool {
+        self.watched.get(slot) == Some(&true)
+    }
+
+    pub fn unwatch(&mut self, slot: usize) {
+        if !self.watched(slot) {
+            return;
+        }
+        self.watched[slot] = false;
+        if let Some(registry) = &self.watcher {
+            let fd = self.base + slot as RawFd;
+            if let Err(e) = registry.deregister(&mut SourceFd(&fd)) {
+                log::error!("slot {slot}: cannot stop watching its socket: {e}");
+            }
+        }
+    }
+
     /// Keeps `fd` as `slot`'s socket. A socket already held for the slot
     /// belonged to an idle connection that was evicted: it is ended politely.
     pub fn install(&mut self, slot: usize, fd: OwnedFd, generation: u64) -> io::Result<()> {
@@ -101,6 +152,7 @@ impl PooledSockets {
         if self.held(slot).is_some() {
             self.end_socket(slot, true);
         }
+        self.unwatch(slot);
         sys::fd::replace(&mut self.fds[slot], fd.as_fd())?;
         self.generations[slot] = generation;
         Ok(())
@@ -115,6 +167,7 @@ impl PooledSockets {
             return;
         }
         self.end_socket(slot, terminate);
+        self.unwatch(slot);
         if let Err(e) = sys::fd::replace(&mut self.fds[slot], self.placeholder.as_fd()) {
             log::error!("cannot reset descriptor of slot {slot}: {e}");
         }
@@ -192,5 +245,47 @@ mod tests {
         assert!(t
             .install(9, UnixStream::pair().unwrap().0.into(), 1)
             .is_err());
+    }
+
+    #[test]
+    fn a_watched_socket_wakes_the_loop_until_its_number_is_reused() {
+        use mio::{Events, Poll, Token};
+        use std::time::Duration;
+        ensure_fd_limit(4000).unwrap();
+        let mut poll = Poll::new().unwrap();
+        let mut t = PooledSockets::new_at(3100, 2).unwrap();
+        t.set_watcher(poll.registry().try_clone().unwrap());
+        let (ours, mut peer) = UnixStream::pair().unwrap();
+        t.install(1, ours.into(), 3).unwrap();
+        // A worker's copy keeps the connection open after the table lets
+        // go of it, as epoll would keep a registration.
+        let copy = t.get(1, 3).unwrap().try_clone_to_owned().unwrap();
+        t.watch(1, Token(7)).unwrap();
+        assert!(t.watched(1));
+        t.watch(1, Token(7)).unwrap();
+        let mut events = Events::with_capacity(4);
+        peer.write_all(b"E").unwrap();
+        poll.poll(&mut events, Some(Duration::from_secs(5)))
+            .unwrap();
+        assert_eq!(
+            events.iter().map(|e| e.token()).collect::<Vec<_>>(),
+            [Token(7)]
+        );
+        t.close(1, false);
+        assert!(!t.watched(1));
+        let (again, mut other) = UnixStream::pair().unwrap();
+        t.install(1, again.into(), 4).unwrap();
+        t.watch(1, Token(8)).unwrap();
+        other.write_all(b"E").unwrap();
+        poll.poll(&mut events, Some(Duration::from_secs(5)))
+            .unwrap();
+        assert_eq!(
+            events.iter().map(|e| e.token()).collect::<Vec<_>>(),
+            [Token(8)],
+            "the old connection's registration is gone"
+        );
+        drop(copy);
+        t.close_all(|_| false);
+        assert!(!t.watched(1));
     }
 }

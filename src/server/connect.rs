@@ -29,7 +29,16 @@ pub struct ServerConnection {
     pub startup: Vec<u8>,
     pub backend_pid: i32,
     pub backend_key: i32,
+    /// Raw NoticeResponse messages sent before ReadyForQuery, in server
+    /// order, at most `MAX_STARTUP_NOTICES` bytes: the client that asked
+    /// for the connection is shown them, as PostgreSQL would.
+    pub notices: Vec<u8>,
 }
+
+/// Start-up notices kept for the client; a server that says more (a
+/// `client_min_messages` of debug5 with a long login) has the rest
+/// dropped rather than held in memory.
+pub const MAX_STARTUP_NOTICES: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -95,6 +104,7 @@ pub fn connect(
     let mut startup = Vec::with_capacity(512);
     let mut backend_pid = 0;
     let mut backend_key = 0;
+    let mut notices = Vec::new();
     let mut proof = AuthProof::Nothing;
     let mut scram: Option<ScramClient> = None;
     let mut io = FdIo(fd.as_fd());
@@ -113,7 +123,14 @@ pub fn connect(
                 backend_key = key;
                 append_raw(&mut startup, msg.tag, &msg.body);
             }
-            backend::NOTICE_RESPONSE | backend::NEGOTIATE_PROTOCOL_VERSION => {}
+            backend::NOTICE_RESPONSE => {
+                if notices.len() + 5 + msg.body.len() <= MAX_STARTUP_NOTICES {
+                    append_raw(&mut notices, msg.tag, &msg.body);
+                } else {
+                    log::debug!("server start-up notice dropped: over {MAX_STARTUP_NOTICES} bytes");
+                }
+            }
+            backend::NEGOTIATE_PROTOCOL_VERSION => {}
             backend::ERROR_RESPONSE => {
                 return Err(ServerError::Rejected(ErrorResponse::parse(&msg.body)?))
             }
@@ -128,6 +145,7 @@ pub fn connect(
             startup,
             backend_pid,
             backend_key,
+            notices,
         },
         proof,
     ))

@@ -10,10 +10,16 @@
 //! `probe` runs in a forked helper (background validation) and can run in a
 //! worker before it uses a pooled connection (foreground validation); never
 //! in the supervisor, which must not wait on PostgreSQL.
+//!
+//! `quiet` is the free check: a zero-timeout `poll`, no round trip. A
+//! worker runs it on every pooled connection before use, and the
+//! supervisor on an idle connection whose socket woke it.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::protocol::tag::backend;
 
@@ -40,6 +46,25 @@ pub enum ProbeError {
     TooLong(usize),
     #[error("{0}")]
     Io(#[from] io::Error),
+}
+
+/// Whether an idle connection has nothing to say. PostgreSQL sends nothing
+/// unasked to an idle session that is alive and in step; readable data (the
+/// FATAL of `pg_terminate_backend` or of a server shutdown), end of stream
+/// or a hang-up mean it is gone or out of step. Never waits, never reads.
+pub fn quiet(fd: BorrowedFd<'_>) -> bool {
+    loop {
+        // POLLIN covers end of stream; hang-up and errors are always reported.
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::ZERO) {
+            Ok(0) => return true,
+            // A non-zero count: some event (data, end of stream, error).
+            Ok(_) => return false,
+            Err(nix::errno::Errno::EINTR) => continue,
+            // A descriptor poll cannot even look at is no connection.
+            Err(_) => return false,
+        }
+    }
 }
 
 /// Sends `;` on an idle connection and reads the answer up to ReadyForQuery
@@ -307,5 +332,16 @@ mod tests {
         let mut huge = vec![b'N'];
         huge.extend_from_slice(&(1i32 << 30).to_be_bytes());
         assert!(matches!(run(&[], huge, false), Err(ProbeError::TooLong(_))));
+    }
+
+    #[test]
+    fn quiet_until_the_peer_speaks_or_leaves() {
+        let (ours, mut server) = UnixStream::pair().unwrap();
+        assert!(quiet(ours.as_fd()));
+        server.write_all(&msg(b'E', b"SFATAL\0C57P01\0\0")).unwrap();
+        assert!(!quiet(ours.as_fd()), "unasked message");
+        let (ours, server) = UnixStream::pair().unwrap();
+        drop(server);
+        assert!(!quiet(ours.as_fd()), "end of stream");
     }
 }

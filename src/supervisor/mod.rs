@@ -12,6 +12,7 @@ pub mod signals;
 pub mod spawn;
 pub mod upkeep;
 pub mod validation;
+mod watch;
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -39,6 +40,10 @@ const UNIX: Token = Token(2);
 const REMOTE: Token = Token(3);
 const TCP_FIRST: usize = 10;
 const CONNECTION_FIRST: usize = 1000;
+/// Idle pooled sockets (`watch.rs`): slot `i` is `WATCH_FIRST + i`. The
+/// management connections' counter, starting at `CONNECTION_FIRST`, would
+/// need centuries of connections to get here.
+const WATCH_FIRST: usize = usize::MAX / 2;
 /// How often the pool is swept even when nothing happens.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -104,7 +109,7 @@ impl Supervisor {
             .collect();
         let segment = Segment::create(main.max_connections, &limit_sizes)?;
         segment.switch_primary(config.primary_index());
-        let sockets =
+        let mut sockets =
             PooledSockets::new(main.max_connections).map_err(SupervisorError::Descriptors)?;
         let signals = signals::Signals::new().map_err(SupervisorError::Signals)?;
         let poll = Poll::new().map_err(SupervisorError::Poll)?;
@@ -118,6 +123,7 @@ impl Supervisor {
         let management_path = management::socket_path(&main.unix_socket_dir, port);
         let mut management = listeners::unix(&management_path)?;
 
+        sockets.set_watcher(poll.registry().try_clone().map_err(SupervisorError::Poll)?);
         let reg = poll.registry();
         let sig_fd = signals.raw_fd();
         reg.register(&mut SourceFd(&sig_fd), SIGNALS, Interest::READABLE)
@@ -205,6 +211,7 @@ impl Supervisor {
                     Token(t) if (TCP_FIRST..CONNECTION_FIRST).contains(&t) => {
                         self.accept_tcp(t - TCP_FIRST)
                     }
+                    Token(t) if t >= WATCH_FIRST => self.on_pooled_readable(t - WATCH_FIRST),
                     token => self.on_management_readable(token),
                 }
             }
@@ -217,6 +224,7 @@ impl Supervisor {
                 }
                 self.sweep();
                 self.upkeep();
+                self.watch_idle();
                 self.admin_tick();
                 last_sweep = Instant::now();
             }

@@ -110,6 +110,20 @@ fn take_pooled(
             return Ok(None);
         }
     };
+    // SAFETY: the slot's socket, open while we hold the slot.
+    let server = unsafe { BorrowedFd::borrow_raw(fd) };
+    if !server::probe::quiet(server) {
+        // Its backend ended (terminated, server restarted) or spoke out of
+        // turn while idle: found for free, before the client's query could
+        // fail on it. The supervisor closes it; another is acquired.
+        log::info!(
+            "slot {index}: pooled backend {} is gone; closing it",
+            slot.backend_pid()
+        );
+        sockets.forget(index);
+        pool::check_in(ctx.segment, index, me, Verdict::Dirty);
+        return Ok(None);
+    }
     if !attach::validate(ctx, sockets, index, me, fd) {
         return Ok(None);
     }

@@ -20,6 +20,9 @@ use crate::server::{self, Login};
 pub struct Sockets {
     cache: HashMap<usize, (u64, OwnedFd)>,
     management: Option<ManagementClient>,
+    /// Notices the server sent while the last connection this worker
+    /// opened started, for the client's greeting.
+    startup_notices: Vec<u8>,
 }
 
 impl Sockets {
@@ -27,6 +30,7 @@ impl Sockets {
         Sockets {
             cache: HashMap::new(),
             management: None,
+            startup_notices: Vec::new(),
         }
     }
 
@@ -69,6 +73,12 @@ impl Sockets {
         let raw = fd.as_raw_fd();
         self.cache.insert(index, (generation, fd));
         raw
+    }
+
+    /// The start-up notices of the connection opened last, once: they
+    /// belong to the client it was opened for, never to a later one.
+    pub fn take_startup_notices(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.startup_notices)
     }
 
     /// Drops our copy of a slot's socket (its connection was thrown away).
@@ -116,6 +126,7 @@ pub fn open_new(
         &mut sockets.management,
         ctx.management_path,
     )?;
+    sockets.startup_notices = conn.notices;
     Ok(sockets.keep(index, generation, conn.fd))
 }
 

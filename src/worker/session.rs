@@ -134,8 +134,16 @@ impl<'a> Session<'a> {
             }
         };
         slot.set_client_key(self.secret);
-        let mut out = Vec::with_capacity(1024);
+        // What the server said while a connection opened for this client
+        // started comes where PostgreSQL puts it: after AuthenticationOk,
+        // before the parameters. A pooled connection's were its first
+        // client's.
+        let notices = self.sockets.take_startup_notices();
+        let mut out = Vec::with_capacity(1024 + notices.len());
         protocol::authentication_ok(&mut out);
+        if held.fresh {
+            out.extend_from_slice(&notices);
+        }
         cancel::startup_for_client(slot.startup(), self.me, self.secret, &mut out);
         protocol::ready_for_query(&mut out, b'I');
         if let Err(e) = io::write_all(self.client, &out) {
