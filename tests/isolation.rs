@@ -133,6 +133,27 @@ fn a_set_parameter_reaches_no_other_client() {
             "{name} leaked to a later client"
         );
     }
+    drop(c);
+    wait_workers_gone(&pc);
+
+    // The same with psql, one client after the other.
+    pc.psql("SET TimeZone TO 'Asia/Tokyo'");
+    wait_workers_gone(&pc);
+    assert_eq!(
+        pc.psql("SHOW TimeZone"),
+        defaults[0],
+        "psql: TimeZone leaked"
+    );
+    wait_workers_gone(&pc);
+    // libpq escapes by the reported value: a leaked `off` would make it
+    // double every backslash it quotes.
+    pc.psql("SET standard_conforming_strings TO off");
+    wait_workers_gone(&pc);
+    assert_eq!(
+        pc.psql("SHOW standard_conforming_strings"),
+        defaults[3],
+        "psql: standard_conforming_strings leaked"
+    );
 }
 
 /// A client that logged in with a statement timeout, then one without on
