@@ -18,6 +18,9 @@ pub struct Want<'a> {
     pub user: &'a str,
     /// The `[[limit]]` rule that caps connections for this database and user.
     pub limit: Option<usize>,
+    /// The settings a connection must have logged in with
+    /// (`server::settings::hash` of the client's start-up parameters).
+    pub settings: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,13 +85,20 @@ pub fn is_current(seg: &Segment, slot: &Slot) -> bool {
     slot.server() == primary.server && slot.epoch() == primary.epoch
 }
 
+/// Whether an idle connection is one `want` may be given: same database,
+/// user and login settings. Read before owning the slot it is a hint;
+/// `try_acquire` confirms it once the slot is its own.
+fn suits(slot: &Slot, key: u64, want: Want<'_>) -> bool {
+    slot.key() == key && slot.settings() == want.settings
+}
+
 /// One pass over the slots: reuse, else create within the limits. A new
 /// connection is for the segment's primary as this pass reads it: the
 /// caller connects to the server the slot records (`Slot::server`).
 pub fn try_acquire(seg: &Segment, want: Want<'_>, me: i32) -> Option<Acquired> {
     let key = identity_key(want.database, want.user);
     for (i, slot) in seg.slots().iter().enumerate() {
-        if slot.key() != key || slot.state() != SlotState::Free || !is_current(seg, slot) {
+        if !suits(slot, key, want) || slot.state() != SlotState::Free || !is_current(seg, slot) {
             continue;
         }
         if !slot.try_take_free(me) {
@@ -99,9 +109,9 @@ pub fn try_acquire(seg: &Segment, want: Want<'_>, me: i32) -> Option<Acquired> {
             let _ = slot.transition(SlotState::InUse, me, SlotState::Remove, NO_OWNER);
             continue;
         }
-        // The key is a hash read before we owned the slot: confirm the names
-        // now that nobody else can change them.
-        if slot.matches(want.database, want.user) {
+        // The key and settings were read before we owned the slot: confirm
+        // them and the names now that nobody else can change them.
+        if suits(slot, key, want) && slot.matches(want.database, want.user) {
             slot.touch(now_ms());
             return Some(Acquired::Pooled(i));
         }
@@ -140,6 +150,7 @@ fn reserve_empty(seg: &Segment, want: Want<'_>, me: i32) -> Option<usize> {
 /// epoch read in one load: the slot is current until the next switch.
 fn stamp(seg: &Segment, slot: &Slot, want: Want<'_>) {
     let primary = seg.primary();
+    slot.set_settings(want.settings);
     slot.set_identity(
         want.database,
         want.user,
@@ -150,9 +161,9 @@ fn stamp(seg: &Segment, slot: &Slot, want: Want<'_>) {
     );
 }
 
-/// Takes over the least recently used idle connection of another database or
-/// user (or a stale one of any), so that a full pool of idle connections
-/// cannot starve a newcomer.
+/// Takes over the least recently used idle connection of another database,
+/// user or login settings (or a stale one of any), so that a full pool of
+/// idle connections cannot starve a newcomer.
 fn evict_idle(seg: &Segment, want: Want<'_>, me: i32) -> Option<usize> {
     let key = identity_key(want.database, want.user);
     loop {
@@ -161,7 +172,7 @@ fn evict_idle(seg: &Segment, want: Want<'_>, me: i32) -> Option<usize> {
             .iter()
             .enumerate()
             .filter(|(_, s)| {
-                s.state() == SlotState::Free && (s.key() != key || !is_current(seg, s))
+                s.state() == SlotState::Free && (!suits(s, key, want) || !is_current(seg, s))
             })
             .min_by_key(|(_, s)| s.last_used_ms())
             .map(|(i, _)| i)?;
@@ -430,6 +441,7 @@ mod tests {
             database: db,
             user: "u",
             limit: Some(0),
+            settings: 0,
         }
     }
 
@@ -444,6 +456,33 @@ mod tests {
         assert!(release(&seg, i, 10));
         assert_eq!(try_acquire(&seg, want("d"), 11), Some(Acquired::Pooled(i)));
         assert_eq!(seg.limits()[0].active(), 1);
+    }
+
+    #[test]
+    fn other_login_settings_get_their_own_connection() {
+        let seg = Segment::create(1, &[]).unwrap();
+        let plain = Want {
+            limit: None,
+            ..want("d")
+        };
+        let Some(Acquired::New(i)) = try_acquire(&seg, plain, 10) else {
+            panic!("expected a new slot")
+        };
+        assert!(publish_new(&seg, i, 10));
+        assert!(release(&seg, i, 10));
+        let timeout = Want {
+            settings: 7,
+            ..plain
+        };
+        // Not the idle connection made without the setting: its slot is
+        // taken over for a new one, as for another identity.
+        assert_eq!(try_acquire(&seg, timeout, 11), Some(Acquired::New(i)));
+        assert_eq!(seg.slots()[i].settings(), 7);
+        assert!(publish_new(&seg, i, 11));
+        assert!(release(&seg, i, 11));
+        assert_eq!(try_acquire(&seg, timeout, 12), Some(Acquired::Pooled(i)));
+        assert!(release(&seg, i, 12));
+        assert_eq!(try_acquire(&seg, plain, 13), Some(Acquired::New(i)));
     }
 
     #[test]

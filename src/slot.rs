@@ -18,15 +18,26 @@
 //!
 //! * atomics: state and owner, generation, key, limit, server and epoch,
 //!   backend pid and key (one word, read together by cancel routing),
-//!   client key, flags, timestamps;
+//!   client key, flags, timestamps, login settings;
 //! * a seqlock (`Names`): database and user, read by `status`,
 //!   `flush DB` and the slot listing while a worker may be rewriting them;
 //!   a reader retries until it sees one whole write.
 //!
 //! The prepared-statement set is atomics too, although only owners use it.
-//! The start-up blob and the authentication proof are the only plain bytes:
-//! they are read only by a later owner, after the acquire swap that made it
-//! owner, so the swap orders the read after the last write.
+//! The two start-up blobs and the authentication proof are the only plain
+//! bytes: they are read only by a later owner, after the acquire swap that
+//! made it owner, so the swap orders the read after the last write.
+//!
+//! # Login and current parameters
+//!
+//! A connection's reported parameters are kept twice. The login blob is
+//! what the server reported when the connection was opened, written once
+//! by `server::fill_slot` and unchanged until the slot is filled again: it
+//! is what a client that names no value gets. The current blob starts as
+//! the same bytes and follows every ParameterStatus the connection sends
+//! afterwards: it is what a parameter sync compares against and what a
+//! session's greeting replays. A value one client SET therefore stays in
+//! the current blob only, and the next client's sync undoes it.
 
 use std::cell::UnsafeCell;
 use std::sync::atomic::{fence, AtomicI32, AtomicU32, AtomicU64, Ordering};
@@ -292,13 +303,20 @@ pub struct Slot {
     /// `switch-to` since then makes it stale (`pool::is_current`).
     epoch: AtomicU32,
     _reserved: AtomicU32,
+    /// Hash of the settings the connection logged in with
+    /// (`server::settings::hash`); a pooled connection is given only to a
+    /// client with equal settings. Written while the slot is INIT.
+    settings: AtomicU64,
     names: Names,
     prepared: PreparedSet,
+    /// The current parameters (see the module documentation).
     startup: UnsafeCell<StartupBlob>,
+    /// The parameters the server reported at login.
+    login: UnsafeCell<StartupBlob>,
     proof: UnsafeCell<ProofBlob>,
 }
 
-// SAFETY: every field is atomic except the start-up blob and the proof,
+// SAFETY: every field is atomic except the two start-up blobs and the proof,
 // which are written only by the slot's owner and read only by a later
 // owner, ordered by the acquire/release swap that made it owner (the rule
 // in the module documentation).
@@ -481,6 +499,17 @@ impl Slot {
         self.last_used_ms.store(now_ms, Ordering::Release);
     }
 
+    /// Hash of the settings the connection logged in with.
+    pub fn settings(&self) -> u64 {
+        self.settings.load(Ordering::Acquire)
+    }
+
+    /// Records the login settings of the connection about to be opened.
+    /// Only the slot's owner may call this, while the slot is INIT.
+    pub fn set_settings(&self, hash: u64) {
+        self.settings.store(hash, Ordering::Release);
+    }
+
     /// Whether the slot's connection is for this database and user. Exact
     /// for the slot's owner; another reader gets the answer for one whole
     /// identity the slot had while it looked.
@@ -503,15 +532,26 @@ impl Slot {
         self.set_client_key(0);
     }
 
-    /// Stores the server's start-up messages for replay. Owner only.
-    /// Returns false when they do not fit.
+    /// Stores the connection's current start-up messages (parameters as
+    /// they are now) for replay. Owner only. Returns false when they do
+    /// not fit.
     pub fn set_startup(&self, bytes: &[u8]) -> bool {
+        Self::store_blob(&self.startup, bytes)
+    }
+
+    /// Stores the parameters the server reported at login; only
+    /// `server::fill_slot` calls this. Owner only. False when too large.
+    pub fn set_login(&self, bytes: &[u8]) -> bool {
+        Self::store_blob(&self.login, bytes)
+    }
+
+    fn store_blob(cell: &UnsafeCell<StartupBlob>, bytes: &[u8]) -> bool {
         if bytes.len() > STARTUP_CAPACITY {
             return false;
         }
         // SAFETY: only the owner writes the blob and only a later owner
         // reads it (module documentation), so nothing aliases this borrow.
-        let blob = unsafe { &mut *self.startup.get() };
+        let blob = unsafe { &mut *cell.get() };
         blob.bytes[..bytes.len()].copy_from_slice(bytes);
         blob.len = bytes.len() as u32;
         true
@@ -608,10 +648,17 @@ impl Slot {
         self.prepared.len.store(0, Ordering::Relaxed);
     }
 
-    /// The server's start-up messages. Owner only.
+    /// The connection's current start-up messages. Owner only.
     pub fn startup(&self) -> &[u8] {
         // SAFETY: as for `proof`.
         let blob = unsafe { &*self.startup.get() };
+        &blob.bytes[..(blob.len as usize).min(STARTUP_CAPACITY)]
+    }
+
+    /// The start-up messages as the server sent them at login. Owner only.
+    pub fn login(&self) -> &[u8] {
+        // SAFETY: as for `proof`.
+        let blob = unsafe { &*self.login.get() };
         &blob.bytes[..(blob.len as usize).min(STARTUP_CAPACITY)]
     }
 }
@@ -698,6 +745,11 @@ mod tests {
         assert_eq!(s.startup(), b"hello");
         assert!(!s.set_startup(&vec![0u8; STARTUP_CAPACITY + 1]));
         assert_eq!(s.startup(), b"hello");
+        // The login blob is kept apart from the current one.
+        assert!(s.set_login(b"login"));
+        assert!(s.set_startup(b"now"));
+        assert_eq!(s.login(), b"login");
+        assert_eq!(s.startup(), b"now");
     }
 
     /// Forked processes hammer four slots through the pool's take/release
@@ -746,6 +798,7 @@ mod tests {
                     database: "d",
                     user: "u",
                     limit: Some(0),
+                    settings: 0,
                 };
                 for round in 0..ROUNDS {
                     let Some(got) = pool::try_acquire(&seg, want, me) else {
@@ -904,6 +957,7 @@ mod tests {
                         database: db,
                         user,
                         limit: None,
+                        settings: 0,
                     };
                     let Some(got) = pool::try_acquire(&seg, want, me) else {
                         std::hint::spin_loop();

@@ -82,13 +82,6 @@ pub enum Login<'a> {
 /// messages; anything longer is not an answer.
 const MAX_CLIENT_ANSWER: usize = 16 * 1024;
 
-/// Client start-up parameters that are pgcorral's business, not the
-/// server's: identity is sent separately, protocol options are negotiated
-/// by pgcorral, and replication connections are not pooled.
-fn forwarded(name: &str) -> bool {
-    !matches!(name, "user" | "database" | "replication") && !name.starts_with("_pq_.")
-}
-
 pub fn connect(
     server: &ServerConfig,
     user: &str,
@@ -162,7 +155,7 @@ fn send_startup(
         ("user".to_string(), user.to_string()),
         ("database".to_string(), database.to_string()),
     ];
-    all.extend(params.iter().filter(|(k, _)| forwarded(k)).cloned());
+    all.extend(super::settings::login_params(params));
     StartupMessage::new(all).encode(&mut out);
     write_all(fd, &out).map_err(ProtocolError::Io)?;
     Ok(())

@@ -23,7 +23,7 @@ pub enum FillError {
 }
 
 /// Records `conn` in slot `index` (INIT, held by `me`): its start-up
-/// messages, what the client proved, no prepared statements, its cancel
+/// messages (as both its login and its current parameters), what the client proved, no prepared statements, its cancel
 /// key, and a new generation; hands its socket to the supervisor (which
 /// must hold it before the slot can ever be FREE) and publishes the slot
 /// IN_USE by `me`. Returns the generation. On error the slot is still INIT
@@ -38,7 +38,7 @@ pub fn fill_slot(
     management_path: &Path,
 ) -> Result<u64, FillError> {
     let slot = seg.slots().get(index).ok_or(FillError::Lost(index))?;
-    if !slot.set_startup(&conn.startup) {
+    if !slot.set_startup(&conn.startup) || !slot.set_login(&conn.startup) {
         return Err(FillError::StartupTooLarge(conn.startup.len()));
     }
     slot.set_proof(&proof.encode());

@@ -1,13 +1,15 @@
 //! The server-connection layer: everything pgcorral says to PostgreSQL on a
 //! connection outside a client's traffic. Opening one (`connect`), filling
 //! a slot with it (`fill`), testing an idle one (`probe`), and bringing its
-//! session in line (`session`: parameter sync and reset). Workers and the
+//! session in line (`session`: parameter sync and reset); what it logs in
+//! with (`settings`). Workers and the
 //! supervisor's helpers orchestrate these; neither implements them.
 
 pub mod connect;
 pub mod fill;
 pub mod probe;
 pub mod session;
+pub mod settings;
 
 use std::time::Duration;
 

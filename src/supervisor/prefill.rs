@@ -147,6 +147,7 @@ impl Prefill<'_> {
             database: &t.database,
             user: &t.user,
             limit: Some(t.rule),
+            settings: server::settings::hash(&[]),
         };
         let i = pool::reserve_for_prefill(self.segment, want, me).ok_or(PrefillError::NoRoom)?;
         match self.connect_into(t, i, me, management) {

@@ -533,6 +533,7 @@ mod tests {
             database: "d",
             user: "u",
             limit: Some(0),
+            settings: 0,
         };
         let mut held = Vec::new();
         for me in [10, 11] {

@@ -1,6 +1,7 @@
 //! The one way a worker gets a server connection, at session start and at
 //! every transaction-mode attach: a pooled one (proved by a pass-through
-//! client, validated) or a new one, then brought in line with the
+//! client, validated) or a new one, logged in with the client's settings
+//! in both cases (`pool::Want::settings`), then brought in line with the
 //! parameters the client expects.
 
 use std::os::fd::{BorrowedFd, RawFd};
@@ -35,11 +36,9 @@ pub struct Request<'a> {
     /// A pass-through client that must prove what the client that opened
     /// a pooled connection proved, before it is given it.
     pub prove: Option<(BorrowedFd<'a>, &'a str)>,
-    /// The tracked parameters the client expects.
+    /// The tracked parameters the client named or set itself; for the
+    /// others it expects the connection's login values.
     pub desired: &'a Params,
-    /// Whether a fresh connection needs them set too (it was opened with
-    /// the client's start-up parameters, not necessarily the current ones).
-    pub sync_fresh: bool,
 }
 
 /// Waits up to `blocking_timeout` for a connection. Any connection found
@@ -61,16 +60,18 @@ pub fn acquire(
             break held;
         }
     };
-    if !held.fresh || req.sync_fresh {
-        let slot = &ctx.segment.slots()[held.index];
-        // SAFETY: the slot's socket, open while we hold the slot (`Held`).
-        let server = unsafe { BorrowedFd::borrow_raw(held.fd) };
-        let timeout = attach::connect_timeout(ctx);
-        if let Err(e) = server::session::sync_params(server, slot, req.desired, timeout) {
-            sockets.forget(held.index);
-            pool::check_in(ctx.segment, held.index, me, Verdict::Dirty);
-            return Err(WorkerError::ParameterSync(e));
-        }
+    // Also for a new connection: the tracked parameters are never part of
+    // a login (`server::settings`). And a value another client SET is in
+    // the slot's current parameters only, so the login values undo it.
+    let slot = &ctx.segment.slots()[held.index];
+    let desired = req.desired.clone().or(&Params::from_startup(slot.login()));
+    // SAFETY: the slot's socket, open while we hold the slot (`Held`).
+    let server = unsafe { BorrowedFd::borrow_raw(held.fd) };
+    let timeout = attach::connect_timeout(ctx);
+    if let Err(e) = server::session::sync_params(server, slot, &desired, timeout) {
+        sockets.forget(held.index);
+        pool::check_in(ctx.segment, held.index, me, Verdict::Dirty);
+        return Err(WorkerError::ParameterSync(e));
     }
     Ok(held)
 }

@@ -97,13 +97,12 @@ impl<'a> Session<'a> {
                 database: &self.database,
                 user: &self.user,
                 limit: self.limit,
+                settings: server::settings::hash(&self.startup.params),
             },
             startup: &self.startup,
             login,
             prove,
             desired: &desired,
-            // Opened with the client's own start-up parameters.
-            sync_fresh: false,
         };
         let held = acquire::acquire(self.ctx, &mut self.sockets, self.me, &req)?;
         log::debug!(
@@ -235,8 +234,9 @@ impl<'a> Session<'a> {
             return Outcome::AttachFailed;
         };
         let slot = &self.ctx.segment.slots()[held.index];
-        let desired =
-            Params::from_startup(slot.startup()).or(&Params::from_client(&self.startup.params));
+        // What the client named; each attach adds the connection's login
+        // values for the rest, never another client's current ones.
+        let desired = Params::from_client(&self.startup.params);
         slot.set_client_key(0);
         let pinned = if pool::may_be_shared(slot) {
             pool::check_in(self.ctx.segment, held.index, self.me, Verdict::Clean);

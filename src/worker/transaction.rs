@@ -26,7 +26,8 @@ pub struct WorkerAttach<'a> {
     pub startup: &'a StartupMessage,
     pub admission: &'a Admission,
     pub sockets: Sockets,
-    /// What the client expects the tracked parameters to be.
+    /// The tracked parameters the client named at start-up or has set
+    /// since; the others are the attached connection's login values.
     pub desired: Params,
     /// Secret half of the client's cancel key.
     pub secret: i32,
@@ -54,12 +55,12 @@ impl WorkerAttach<'_> {
                         database: &self.database,
                         user: &self.user,
                         limit: self.limit,
+                        settings: crate::server::settings::hash(&self.startup.params),
                     },
                     startup: self.startup,
                     login,
                     prove: None,
                     desired: &self.desired,
-                    sync_fresh: true,
                 };
                 acquire::acquire(self.ctx, &mut self.sockets, self.me, &req)?
             }

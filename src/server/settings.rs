@@ -1,0 +1,243 @@
+//! A client's login settings: the start-up parameters and `options` words
+//! a server connection is opened with, which decide whether that
+//! connection may be given to another client.
+//!
+//! `DISCARD ALL` cannot undo a start-up setting (it is the session's
+//! default), so a connection opened with `statement_timeout=3s` keeps it
+//! for its whole life. The pool therefore gives a client only a connection
+//! whose login settings equal its own (`hash`, recorded in the slot).
+//!
+//! The tracked parameters (`pipeline::params::TRACKED`) are the exception:
+//! pgcorral sets them per client on whatever connection it is given, so
+//! they are left out of both the login and the hash. A connection's login
+//! values for them are then the server's defaults, never another client's
+//! start-up values, and clients that differ only in them share a pool.
+
+use crate::pipeline::params;
+
+/// Start-up parameters that are pgcorral's business, not the server's:
+/// identity is sent separately, protocol options are negotiated by
+/// pgcorral, and replication connections are not pooled.
+fn forwarded(name: &str) -> bool {
+    !matches!(name, "user" | "database" | "replication") && !name.starts_with("_pq_.")
+}
+
+/// One word of an `options` string, or a `-c name=value` setting in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Item {
+    Setting(String, String),
+    Word(String),
+}
+
+/// The words of an `options` string; backslash escapes the next character,
+/// as in libpq's PGOPTIONS.
+fn words(options: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    word.push(n);
+                }
+            }
+            c if c.is_whitespace() => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    words
+}
+
+/// `-c name=value`, `-cname=value` and `--name=value` are settings; any
+/// other word (a command-line switch) is kept as it is.
+fn items(options: &str) -> Vec<Item> {
+    let mut out = Vec::new();
+    let mut it = words(options).into_iter();
+    while let Some(w) = it.next() {
+        let setting = if w == "-c" {
+            match it.next() {
+                Some(next) => Some(next),
+                None => {
+                    out.push(Item::Word(w));
+                    continue;
+                }
+            }
+        } else if let Some(rest) = w.strip_prefix("-c") {
+            Some(rest.to_string())
+        } else {
+            w.strip_prefix("--").map(str::to_string)
+        };
+        match setting.as_deref().and_then(|s| s.split_once('=')) {
+            Some((k, v)) => out.push(Item::Setting(k.replace('-', "_"), v.to_string())),
+            None => out.push(Item::Word(w)),
+        }
+    }
+    out
+}
+
+fn escape(word: &str) -> String {
+    let mut out = String::with_capacity(word.len());
+    for c in word.chars() {
+        if c == '\\' || c.is_whitespace() {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The start-up parameters a server connection for this client is opened
+/// with: everything forwarded except the tracked parameters, also when
+/// they come as `-c` settings in `options`.
+pub fn login_params(params: &[(String, String)]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (k, v) in params {
+        if !forwarded(k) || params::is_tracked(k) {
+            continue;
+        }
+        if k != "options" {
+            out.push((k.clone(), v.clone()));
+            continue;
+        }
+        let kept: Vec<String> = items(v)
+            .into_iter()
+            .filter_map(|item| match item {
+                Item::Setting(name, _) if params::is_tracked(&name) => None,
+                Item::Setting(name, value) => {
+                    Some(format!("-c {}", escape(&format!("{name}={value}"))))
+                }
+                Item::Word(w) => Some(escape(&w)),
+            })
+            .collect();
+        if !kept.is_empty() {
+            out.push((k.clone(), kept.join(" ")));
+        }
+    }
+    out
+}
+
+/// What `login_params` sends, as one value that does not depend on order
+/// or spelling: plain parameters and `-c` settings alike become lower-case
+/// `name=value` entries (GUC names are case-insensitive), other `options`
+/// words are kept in order. FNV-1a over the sorted entries.
+pub fn hash(params: &[(String, String)]) -> u64 {
+    let mut settings = Vec::new();
+    let mut switches = Vec::new();
+    for (k, v) in login_params(params) {
+        if k != "options" {
+            settings.push((k.to_ascii_lowercase(), v));
+            continue;
+        }
+        for item in items(&v) {
+            match item {
+                Item::Setting(name, value) => settings.push((name.to_ascii_lowercase(), value)),
+                Item::Word(w) => switches.push(w),
+            }
+        }
+    }
+    // PostgreSQL applies `options` after the plain parameters: the last
+    // value of a name is the one the session gets.
+    let mut last: Vec<(String, String)> = Vec::new();
+    for (k, v) in settings {
+        match last.iter_mut().find(|(n, _)| *n == k) {
+            Some(entry) => entry.1 = v,
+            None => last.push((k, v)),
+        }
+    }
+    last.sort();
+    let mut h: u64 = 0xcbf29ce484222325;
+    let mut feed = |bytes: &[u8]| {
+        for b in bytes.iter().chain(std::iter::once(&0u8)) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x100000001b3);
+        }
+    };
+    for (k, v) in &last {
+        feed(k.as_bytes());
+        feed(v.as_bytes());
+    }
+    feed(b"");
+    for w in &switches {
+        feed(w.as_bytes());
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn tracked_parameters_neither_log_in_nor_split_the_pool() {
+        let client = p(&[
+            ("user", "u"),
+            ("database", "d"),
+            ("application_name", "psql"),
+            ("client_encoding", "UTF8"),
+            (
+                "options",
+                "-c intervalstyle=postgres_verbose -c TimeZone=UTC",
+            ),
+        ]);
+        assert!(login_params(&client).is_empty());
+        assert_eq!(hash(&client), hash(&[]));
+    }
+
+    #[test]
+    fn other_settings_log_in_and_split_the_pool() {
+        let client = p(&[
+            ("options", "-c statement_timeout=3s -c DateStyle=German -e"),
+            ("search_path", "a b"),
+        ]);
+        assert_eq!(
+            login_params(&client),
+            p(&[
+                ("options", "-c statement_timeout=3s -e"),
+                ("search_path", "a b"),
+            ])
+        );
+        assert_ne!(hash(&client), hash(&[]));
+        let escaped = p(&[("options", "-c search_path=a\\ b")]);
+        assert_eq!(
+            login_params(&escaped),
+            p(&[("options", "-c search_path=a\\ b")])
+        );
+    }
+
+    #[test]
+    fn spelling_and_order_do_not_matter() {
+        let a = p(&[("options", "-c statement_timeout=3s -c lock_timeout=1s")]);
+        let b = p(&[("options", "--lock-timeout=1s -cStatement_Timeout=3s")]);
+        let c = p(&[("Statement_timeout", "3s"), ("lock_timeout", "1s")]);
+        assert_eq!(hash(&a), hash(&b));
+        assert_eq!(hash(&a), hash(&c));
+        assert_ne!(
+            hash(&a),
+            hash(&p(&[(
+                "options",
+                "-c statement_timeout=4s -c lock_timeout=1s"
+            )]))
+        );
+        // The value in `options` is the one the session gets.
+        let overridden = p(&[
+            ("statement_timeout", "9s"),
+            ("options", "-c statement_timeout=3s -c lock_timeout=1s"),
+        ]);
+        assert_eq!(hash(&overridden), hash(&a));
+    }
+}
