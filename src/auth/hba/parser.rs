@@ -1,6 +1,8 @@
 //! The `pg_hba.conf` syntax: continued lines, quoted tokens, records.
 
-use super::*;
+use std::net::IpAddr;
+
+use super::{mask128, mask32, AddressMatch, HbaRule, Method, NameMatch, RecordType};
 
 /// Joins backslash-continued lines; yields (first line number, text).
 pub(super) fn logical_lines(text: &str) -> Vec<(usize, String)> {

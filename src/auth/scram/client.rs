@@ -1,6 +1,17 @@
 //! pgcorral as the SCRAM client, logging in to PostgreSQL.
 
-use super::*;
+use std::fmt;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use zeroize::Zeroizing;
+
+use super::{
+    as_message, attribute, auth_message, check_salt, decode_b64, hmac_sha256, parse_iterations,
+    random_nonce, validate_nonce, xor, ClientKey, Keys, ScramError, ScramVerifier, ServerKey,
+    KEY_LEN, MAX_ITERATIONS, MAX_SERVER_ERROR_LEN,
+};
+use crate::auth::constant_time_eq;
 
 enum Credential {
     Password(Zeroizing<Vec<u8>>),

@@ -1,6 +1,15 @@
 //! pgcorral as the SCRAM server, checking a client.
 
-use super::*;
+use std::fmt;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
+
+use super::{
+    as_message, attribute, auth_message, decode_b64, hmac_sha256, random_nonce, recover_client_key,
+    validate_nonce, ClientKey, ScramError, ScramVerifier, DEFAULT_ITERATIONS, KEY_LEN, SALT_LEN,
+};
 
 enum ServerState {
     AwaitingClientFirst,
