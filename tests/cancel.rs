@@ -204,6 +204,14 @@ fn a_finished_cancel_spares_the_next_statement(pipeline: &str) {
         cancelled, 0,
         "{cancelled} of {rounds} statements sent after a finished cancel were cancelled"
     );
+    // A key that matches no session is answered as PostgreSQL answers
+    // it: by a close, and nothing else (`cancel` checks both).
+    let stranger = RawSession {
+        stream: pc.tcp_stream(),
+        process_id: client.process_id,
+        secret_key: client.secret_key.wrapping_add(1),
+    };
+    stranger.cancel(&pc);
 }
 
 #[test]
