@@ -12,16 +12,24 @@ pub enum ClientStart {
     Cancel { process_id: i32, secret_key: i32 },
 }
 
-/// A client may ask for SSL and then GSS encryption before starting;
-/// anything beyond that is a client going round in circles.
-const MAX_NEGOTIATIONS: usize = 2;
-
+/// A client may ask for SSL and for GSS encryption once each, in either
+/// order, before starting. As in PostgreSQL's `ProcessStartupPacket`, a
+/// repeated request is not recognised as one: its code is read as a
+/// protocol version (1234.5679 or 1234.5680) and refused as unsupported.
 pub fn negotiate(client: BorrowedFd<'_>, out: &mut Vec<u8>) -> Result<ClientStart, ProtocolError> {
-    for _ in 0..=MAX_NEGOTIATIONS {
+    let (mut ssl_done, mut gss_done) = (false, false);
+    loop {
         match protocol::read_startup(&mut FdIo(client))? {
-            StartupRequest::Ssl | StartupRequest::GssEnc => {
+            StartupRequest::Ssl if !ssl_done => {
+                ssl_done = true;
                 write_all(client, &[protocol::ssl_refused()])?;
             }
+            StartupRequest::GssEnc if !gss_done => {
+                gss_done = true;
+                write_all(client, &[protocol::ssl_refused()])?;
+            }
+            StartupRequest::Ssl => return Err(not_a_version(protocol::SSL_REQUEST_CODE)),
+            StartupRequest::GssEnc => return Err(not_a_version(protocol::GSSENC_REQUEST_CODE)),
             StartupRequest::Cancel {
                 process_id,
                 secret_key,
@@ -50,7 +58,11 @@ pub fn negotiate(client: BorrowedFd<'_>, out: &mut Vec<u8>) -> Result<ClientStar
             }
         }
     }
-    Err(ProtocolError::Malformed {
-        what: "startup: too many encryption requests",
-    })
+}
+
+fn not_a_version(code: u32) -> ProtocolError {
+    ProtocolError::UnsupportedVersion {
+        major: (code >> 16) as u16,
+        minor: (code & 0xFFFF) as u16,
+    }
 }

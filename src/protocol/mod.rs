@@ -43,6 +43,13 @@ pub enum ProtocolError {
     UnsupportedVersion { major: u16, minor: u16 },
     #[error("connection closed")]
     Eof,
+    /// A start-up user name that is not UTF-8: no role pgcorral can serve
+    /// has one, and PostgreSQL says so in these words (name shown lossily).
+    #[error("role \"{0}\" does not exist")]
+    NoSuchRole(String),
+    /// Likewise for a database name.
+    #[error("database \"{0}\" does not exist")]
+    NoSuchDatabase(String),
 }
 
 impl ProtocolError {
@@ -55,6 +62,8 @@ impl ProtocolError {
             | ProtocolError::Malformed { .. } => sqlstate::PROTOCOL_VIOLATION,
             ProtocolError::UnsupportedVersion { .. } => sqlstate::FEATURE_NOT_SUPPORTED,
             ProtocolError::Io(_) | ProtocolError::Eof => sqlstate::CONNECTION_FAILURE,
+            ProtocolError::NoSuchRole(_) => sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+            ProtocolError::NoSuchDatabase(_) => sqlstate::INVALID_CATALOG_NAME,
         }
     }
 

@@ -179,20 +179,39 @@ pub fn parse_startup_body(code: u32, body: &[u8]) -> Result<StartupRequest, Prot
 }
 
 /// name\0value\0 … \0, where the final NUL must be the last byte.
+///
+/// PostgreSQL takes these bytes as they come. A user or database name that
+/// is not UTF-8 names nothing pgcorral could route to, so it is refused in
+/// PostgreSQL's words for a role or database that does not exist; other
+/// names and values are kept, lossily, for the server to judge.
 fn parse_params(body: &[u8]) -> Result<Vec<(String, String)>, ProtocolError> {
     const WHAT: &str = "startup packet: parameter list";
     let mut r = BodyReader::named(body, WHAT);
     let mut params = Vec::new();
+    // The last of a repeated name wins, as in PostgreSQL.
+    let (mut bad_user, mut bad_database) = (None, None);
     loop {
-        let name = r.read_cstr()?;
+        let name = r.read_cstr_bytes()?;
         if name.is_empty() {
             break;
         }
-        let value = r.read_cstr()?;
-        params.push((name.to_owned(), value.to_owned()));
+        let value = r.read_cstr_bytes()?;
+        let lossy = String::from_utf8_lossy(value).into_owned();
+        let bad = std::str::from_utf8(value).is_err().then(|| lossy.clone());
+        match name {
+            b"user" => bad_user = bad,
+            b"database" => bad_database = bad,
+            _ => {}
+        }
+        params.push((String::from_utf8_lossy(name).into_owned(), lossy));
     }
     r.finish()?;
-    Ok(params)
+    // The role is looked up before the database.
+    match (bad_user, bad_database) {
+        (Some(user), _) => Err(ProtocolError::NoSuchRole(user)),
+        (None, Some(database)) => Err(ProtocolError::NoSuchDatabase(database)),
+        (None, None) => Ok(params),
+    }
 }
 
 #[cfg(test)]
@@ -354,14 +373,38 @@ mod tests {
     }
 
     #[test]
+    fn names_that_are_not_utf8_name_nothing() {
+        let read_params = |payload: &[u8]| read(&packet(0x0003_0000, payload));
+        assert_eq!(
+            read_params(b"user\0a\xffb\0database\0\xfe\0\0")
+                .unwrap_err()
+                .to_string(),
+            "role \"a\u{FFFD}b\" does not exist"
+        );
+        assert_eq!(
+            read_params(b"user\0u\0database\0\xfe\0\0")
+                .unwrap_err()
+                .to_string(),
+            "database \"\u{FFFD}\" does not exist"
+        );
+        // The last of a repeated name counts; other parameters go on, lossily.
+        let Ok(StartupRequest::Startup(msg)) =
+            read_params(b"user\0\xff\0user\0u\0application_name\0\xff\0\0")
+        else {
+            panic!("a later valid user name was not taken");
+        };
+        assert_eq!(msg.user(), Some("u"));
+        assert_eq!(msg.get("application_name"), Some("\u{FFFD}"));
+    }
+
+    #[test]
     fn bad_parameter_lists_are_malformed() {
         for payload in [
-            &b"user\0x\0"[..],     // no terminator
-            b"user\0x\0\0junk",    // bytes after the terminator
-            b"user\0x",            // value not terminated
-            b"user",               // name not terminated
-            b"",                   // nothing at all
-            b"user\0\xff\xfe\0\0", // not UTF-8
+            &b"user\0x\0"[..],  // no terminator
+            b"user\0x\0\0junk", // bytes after the terminator
+            b"user\0x",         // value not terminated
+            b"user",            // name not terminated
+            b"",                // nothing at all
         ] {
             assert!(
                 matches!(

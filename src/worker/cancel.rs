@@ -5,16 +5,17 @@
 //! server's own key, and a key a client kept from an earlier session can
 //! never reach the query of whoever holds that connection now.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::protocol::framer::frames;
 use crate::protocol::{self, tag::backend};
 use crate::random::{self, RandomError};
 use crate::segment::Segment;
+use crate::server;
 use crate::slot::SlotState;
 
 /// A fresh random secret; zero is avoided because an empty slot's key is
@@ -36,8 +37,10 @@ pub fn startup_for_client(server_startup: &[u8], process_id: i32, secret: i32, o
 }
 
 /// Forwards a cancel to the server connection the client with this key
-/// holds now; returns whether one was found. Failures are logged only: the
-/// client that sent a CancelRequest expects no answer.
+/// holds now, and returns (whether one was found) only once PostgreSQL has
+/// taken the request, so that the caller's close tells the client it was
+/// delivered. Failures are logged only: the client that sent a
+/// CancelRequest expects no answer, just the close.
 pub fn route(config: &Config, segment: &Segment, process_id: i32, secret: i32) -> bool {
     for slot in segment.slots() {
         if slot.snapshot() != (SlotState::InUse, process_id) || slot.client_key() != secret {
@@ -53,25 +56,65 @@ pub fn route(config: &Config, segment: &Segment, process_id: i32, secret: i32) -
         }
         let mut msg = Vec::with_capacity(16);
         protocol::encode_cancel_request(pid, key, &mut msg);
-        let sent = if server.host.starts_with('/') {
+        let limit = server::wait_limit(config.main.authentication_timeout);
+        let delivered = if server.host.starts_with('/') {
             let path = format!(
                 "{}/.s.PGSQL.{}",
                 server.host.trim_end_matches('/'),
                 server.port
             );
-            UnixStream::connect(path).and_then(|mut s| s.write_all(&msg))
+            UnixStream::connect(path).and_then(|s| {
+                s.set_read_timeout(Some(limit))?;
+                s.set_write_timeout(Some(limit))?;
+                deliver(s, &msg, limit)
+            })
         } else {
             (server.host.as_str(), server.port)
                 .try_into_addr()
-                .and_then(|a| TcpStream::connect_timeout(&a, Duration::from_secs(5)))
-                .and_then(|mut s| s.write_all(&msg))
+                .and_then(|a| TcpStream::connect_timeout(&a, limit))
+                .and_then(|s| {
+                    s.set_read_timeout(Some(limit))?;
+                    s.set_write_timeout(Some(limit))?;
+                    deliver(s, &msg, limit)
+                })
         };
-        if let Err(e) = sent {
+        if let Err(e) = delivered {
             log::warn!("cancel for backend {pid}: {e}");
         }
         return true;
     }
     false
+}
+
+/// Writes the CancelRequest and waits for PostgreSQL to close its end.
+/// PostgreSQL closes only once it has signalled the backend, and a client
+/// (libpq's `PQcancel`, and the drivers built like it) takes our close of
+/// its cancel connection as "delivered" and sends its next statement: were
+/// we to close first, the signal could land on that next statement.
+fn deliver<S: Read + Write>(mut server: S, msg: &[u8], limit: Duration) -> std::io::Result<()> {
+    // The socket timeouts bound each call; this bounds them all, against a
+    // peer that trickles bytes and never closes.
+    let deadline = Instant::now() + limit;
+    server.write_all(msg)?;
+    // PostgreSQL sends nothing on a cancel connection; anything it does
+    // send is read and dropped until the close.
+    let mut sink = [0u8; 64];
+    loop {
+        match server.read(&mut sink) {
+            Ok(0) => return Ok(()),
+            Ok(_) if Instant::now() >= deadline => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the server did not close its cancel connection",
+                ))
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            // A reset is a close too: the backend got the request.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 trait TryIntoAddr {

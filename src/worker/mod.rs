@@ -93,6 +93,10 @@ impl WorkerError {
             WorkerError::StartupTimeout(_) => return None,
             WorkerError::Auth(e) => return e.response(),
             WorkerError::ClientProtocol(ProtocolError::Eof | ProtocolError::Io(_)) => return None,
+            // PostgreSQL's words, which name the range it does speak.
+            WorkerError::ClientProtocol(e @ ProtocolError::UnsupportedVersion { .. }) => {
+                fatal(e.sqlstate(), format!("{e}: server supports 3.0 to 3.0"))
+            }
             WorkerError::ClientProtocol(e) => fatal(e.sqlstate(), e.to_string()),
             WorkerError::Pool(PoolError::Timeout(_)) => fatal(
                 sqlstate::TOO_MANY_CONNECTIONS,
