@@ -67,8 +67,12 @@ const NAME_WORDS: usize = NAME_CAPACITY / 8;
 const NAME_SPINS: usize = 100;
 /// Then yields, until the write ends; a write that has not ended after this
 /// long is taken for one whose writer died (the slot's next owner rewrites
-/// the names). A live writer's write is a few dozen stores.
-const DEAD_WRITER: Duration = Duration::from_millis(200);
+/// the names). A live writer's write is a few dozen stores, but on a loaded
+/// machine the writer can be descheduled in the middle of them for far
+/// longer than that takes, so the bound is generous: only a writer that
+/// died mid-write (a window of a few stores) ever makes a reader wait it
+/// out.
+const DEAD_WRITER: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u32)]
