@@ -25,6 +25,7 @@ use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
 
 use crate::disabled::DisabledTable;
 use crate::slot::Slot;
+use crate::sys;
 
 pub const MAGIC: [u8; 8] = *b"PGCORRAL";
 /// Bumped whenever the layout changes, so that an incompatible process
@@ -160,6 +161,11 @@ const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_SIZE);
 const _: () = assert!(HEADER_SIZE + MAX_LIMITS * LIMIT_SIZE <= DISABLED_OFFSET);
 const _: () = assert!(DISABLED_OFFSET + std::mem::size_of::<DisabledTable>() <= SLOTS_OFFSET);
 const _: () = assert!(DISABLED_OFFSET.is_multiple_of(std::mem::align_of::<DisabledTable>()));
+// The mapping starts page aligned; each record's offset must keep its
+// alignment for the casts in `header`, `limits`, `disabled` and `slots`.
+const _: () = assert!(std::mem::align_of::<Header>() <= 4096);
+const _: () = assert!(HEADER_SIZE.is_multiple_of(std::mem::align_of::<LimitRecord>()));
+const _: () = assert!(SLOTS_OFFSET.is_multiple_of(std::mem::align_of::<Slot>()));
 
 impl Segment {
     /// Creates a zeroed segment: every slot NOTINIT, every limit at 0.
@@ -363,7 +369,7 @@ impl Segment {
         let h = self.header();
         h.wake_seq.fetch_add(1, Ordering::SeqCst);
         if h.waiters.load(Ordering::SeqCst) > 0 {
-            futex_wake(&h.wake_seq);
+            sys::futex::wake(&h.wake_seq);
         }
     }
 
@@ -373,7 +379,7 @@ impl Segment {
         let h = self.header();
         h.waiters.fetch_add(1, Ordering::SeqCst);
         if h.wake_seq.load(Ordering::SeqCst) == seen {
-            futex_wait(&h.wake_seq, seen, timeout);
+            sys::futex::wait(&h.wake_seq, seen, timeout);
         }
         h.waiters.fetch_sub(1, Ordering::SeqCst);
     }
@@ -389,43 +395,6 @@ impl Segment {
 
     pub fn raw_fd(&self) -> i32 {
         self.file.as_raw_fd()
-    }
-}
-
-fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
-    let ts = libc::timespec {
-        tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
-        tv_nsec: timeout.subsec_nanos() as libc::c_long,
-    };
-    // SAFETY: the futex word is a live, aligned u32 inside a MAP_SHARED
-    // mapping (hence the non-private FUTEX_WAIT, which works across
-    // processes); the timespec outlives the call. A spurious or interrupted
-    // return is fine: callers re-scan.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT,
-            expected,
-            &ts as *const libc::timespec,
-            std::ptr::null::<u32>(),
-            0u32,
-        );
-    }
-}
-
-fn futex_wake(word: &AtomicU32) {
-    // SAFETY: as in `futex_wait`; FUTEX_WAKE only reads the address.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAKE,
-            i32::MAX,
-            std::ptr::null::<libc::timespec>(),
-            std::ptr::null::<u32>(),
-            0u32,
-        );
     }
 }
 

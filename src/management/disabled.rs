@@ -3,10 +3,11 @@
 //! client starts up, and refuses the client with `FATAL 57P03` (cannot
 //! connect now) naming the database.
 
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 
 use crate::protocol::{sqlstate, ErrorResponse};
 use crate::segment::Segment;
+use crate::sys;
 
 /// What a client of a disabled database is told, or `None` when the
 /// database is open.
@@ -35,27 +36,10 @@ pub fn refuse(segment: &Segment, client: BorrowedFd<'_>, database: &str) -> bool
     log::info!("client for disabled database \"{database}\" refused");
     let mut out = Vec::new();
     resp.encode(&mut out);
-    let mut sent = 0;
-    while sent < out.len() {
-        // SAFETY: sending from a live buffer on the client's socket, which
-        // the caller keeps open; MSG_NOSIGNAL turns a vanished client into
-        // an error return.
-        let n = unsafe {
-            libc::send(
-                client.as_raw_fd(),
-                out[sent..].as_ptr() as *const libc::c_void,
-                out.len() - sent,
-                libc::MSG_NOSIGNAL,
-            )
-        };
-        if n > 0 {
-            sent += n as usize;
-        } else if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
-        {
-            continue;
-        } else {
-            break;
-        }
+    // The client is refused either way; one that vanished first has
+    // nothing to be told.
+    if let Err(e) = sys::io::write_all(client, &out) {
+        log::debug!("refusing a client of \"{database}\": {e}");
     }
     true
 }

@@ -64,50 +64,10 @@ pub fn resolve(kind: PipelineKind) -> Result<PipelineKind, String> {
     }
 }
 
-/// How long `ppoll` may wait: until `limit` only while the session is idle
-/// (nothing in flight, outside a transaction, nothing buffered), else for
-/// ever. A timeout means the client sat idle that long.
-pub fn idle_wait(limit: Option<std::time::Duration>, idle: bool) -> Option<libc::timespec> {
-    let limit = limit.filter(|_| idle)?;
-    Some(libc::timespec {
-        tv_sec: limit.as_secs().min(i64::MAX as u64) as libc::time_t,
-        tv_nsec: limit.subsec_nanos() as libc::c_long,
-    })
-}
-
-/// Writes a whole message to a non-blocking socket, waiting for room; used
-/// for the few messages pgcorral itself sends mid-session.
-pub fn relay_write_blocking(fd: std::os::fd::BorrowedFd<'_>, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let mut sent = 0;
-    while sent < bytes.len() {
-        // SAFETY: sending from a live buffer; MSG_NOSIGNAL as elsewhere.
-        let n = unsafe {
-            libc::send(
-                fd.as_raw_fd(),
-                bytes[sent..].as_ptr() as *const libc::c_void,
-                bytes.len() - sent,
-                libc::MSG_NOSIGNAL,
-            )
-        };
-        if n >= 0 {
-            sent += n as usize;
-            continue;
-        }
-        let e = std::io::Error::last_os_error();
-        match e.kind() {
-            std::io::ErrorKind::Interrupted => {}
-            std::io::ErrorKind::WouldBlock => {
-                let mut pfd = libc::pollfd {
-                    fd: fd.as_raw_fd(),
-                    events: libc::POLLOUT,
-                    revents: 0,
-                };
-                // SAFETY: polling one live descriptor, bounded wait.
-                unsafe { libc::poll(&mut pfd, 1, 1000) };
-            }
-            _ => return Err(e),
-        }
-    }
-    Ok(())
+/// How long the pipeline's wait may last: until `limit` only while the
+/// session is idle (nothing in flight, outside a transaction, nothing
+/// buffered), else for ever. A timeout means the client sat idle that long.
+#[inline]
+pub fn idle_wait(limit: Option<std::time::Duration>, idle: bool) -> Option<std::time::Duration> {
+    limit.filter(|_| idle)
 }

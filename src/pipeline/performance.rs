@@ -8,14 +8,16 @@
 //! never wedge the worker: whichever side is ready is served.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::relay::{closed_or_io, interest, ready_to_read, retry, wait, Relay, Woke};
+use super::relay::{closed_or_io, retry, Relay};
 use super::{Outcome, SessionState};
 use crate::protocol::error_response::is_fatal_or_panic;
 use crate::protocol::framer::{Event, Flow, Framer};
 use crate::protocol::tag::{backend, frontend};
+use crate::sys::poll::{interest, readable, wait_pair, writable, Woke};
+use nix::sys::signal::SigSet;
 
 /// PostgreSQL accepts client messages up to 1 GiB; nothing larger is valid.
 pub const MAX_CLIENT_MESSAGE: u32 = 1 << 30;
@@ -31,7 +33,7 @@ pub struct Performance<'a> {
     s2c: Relay,
     pub state: SessionState,
     stop: &'a AtomicBool,
-    wait_mask: libc::sigset_t,
+    wait_mask: SigSet,
     idle_limit: Option<std::time::Duration>,
 }
 
@@ -43,7 +45,7 @@ impl<'a> Performance<'a> {
         client: BorrowedFd<'a>,
         server: BorrowedFd<'a>,
         stop: &'a AtomicBool,
-        wait_mask: libc::sigset_t,
+        wait_mask: SigSet,
     ) -> Self {
         Performance {
             client,
@@ -83,17 +85,17 @@ impl<'a> Performance<'a> {
             }
             let idle = self.state.is_clean() && !self.c2s.has_pending() && !self.s2c.has_pending();
             let wait_for = super::idle_wait(self.idle_limit, idle);
-            let woke = wait(
+            let woke = wait_pair(
                 (
-                    self.client.as_raw_fd(),
+                    self.client,
                     interest(self.c2s.has_room(), self.s2c.has_pending()),
                 ),
-                (
-                    self.server.as_raw_fd(),
+                Some((
+                    self.server,
                     interest(self.s2c.has_room(), self.c2s.has_pending()),
-                ),
+                )),
                 wait_for,
-                &self.wait_mask,
+                Some(&self.wait_mask),
             );
             let [c, s] = match woke {
                 Ok(Woke::Ready(fds)) => fds,
@@ -101,22 +103,22 @@ impl<'a> Performance<'a> {
                 Ok(Woke::TimedOut) => return Outcome::IdleTimeout,
                 Err(e) => return Outcome::Io(e),
             };
-            if ready_to_read(c.revents) && self.c2s.has_room() {
+            if readable(c) && self.c2s.has_room() {
                 if let Some(done) = self.on_client_readable() {
                     return done;
                 }
             }
-            if ready_to_read(s.revents) && self.s2c.has_room() {
+            if readable(s) && self.s2c.has_room() {
                 if let Some(done) = self.on_server_readable() {
                     return done;
                 }
             }
-            if c.revents & libc::POLLOUT != 0 {
+            if writable(c) {
                 if let Err(e) = self.s2c.flush(self.client) {
                     return client_write_failed(e);
                 }
             }
-            if s.revents & libc::POLLOUT != 0 {
+            if writable(s) {
                 if let Err(e) = self.c2s.flush(self.server) {
                     return server_write_failed(e);
                 }

@@ -20,17 +20,20 @@
 //! server messages, so the next one starts clean.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::performance::MAX_SERVER_MESSAGE;
 use super::prepared::{Rewriter, Route, ServerStatements};
-use super::relay::{interest, ready_to_read, retry, wait, Woke};
+use super::relay::retry;
 use super::Outcome;
 use crate::protocol::error_response::is_fatal_or_panic;
 use crate::protocol::framer::Header;
 use crate::protocol::tag::{backend, frontend};
 use crate::protocol::{self, sqlstate, ErrorResponse};
+use crate::sys;
+use crate::sys::poll::{interest, readable, wait_pair, Events, Woke};
+use nix::sys::signal::SigSet;
 
 const INPUT: usize = 16 * 1024;
 /// Stop reading a side while this much waits to be written to the other.
@@ -80,20 +83,9 @@ impl Input {
             self.end -= self.start;
             self.start = 0;
         }
-        let room = &mut self.buf[self.end..];
-        // SAFETY: reading into the unused tail of our own buffer.
-        let n = unsafe {
-            libc::read(
-                fd.as_raw_fd(),
-                room.as_mut_ptr() as *mut libc::c_void,
-                room.len(),
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        self.end += n as usize;
-        Ok(n as usize)
+        let n = sys::io::read(fd, &mut self.buf[self.end..])?;
+        self.end += n;
+        Ok(n)
     }
 }
 
@@ -141,23 +133,11 @@ impl Output {
 /// One non-blocking send; 0 when the socket has no room.
 fn send_some(fd: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<usize> {
     loop {
-        // SAFETY: sending from a live buffer; MSG_NOSIGNAL as elsewhere.
-        let n = unsafe {
-            libc::send(
-                fd.as_raw_fd(),
-                bytes.as_ptr() as *const libc::c_void,
-                bytes.len(),
-                libc::MSG_NOSIGNAL,
-            )
-        };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let e = io::Error::last_os_error();
-        match e.kind() {
-            io::ErrorKind::WouldBlock => return Ok(0),
-            io::ErrorKind::Interrupted => continue,
-            _ => return Err(e),
+        match sys::io::send(fd, bytes) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
 }
@@ -206,7 +186,7 @@ pub struct Transaction<'a, A: Attach> {
     rewriter: Rewriter,
     pub server_fatal: bool,
     stop: &'a AtomicBool,
-    wait_mask: libc::sigset_t,
+    wait_mask: SigSet,
     idle_limit: Option<std::time::Duration>,
     attach: A,
 }
@@ -220,7 +200,7 @@ impl<'a, A: Attach> Transaction<'a, A> {
         attach: A,
         rewriter: Rewriter,
         stop: &'a AtomicBool,
-        wait_mask: libc::sigset_t,
+        wait_mask: SigSet,
     ) -> Self {
         Transaction {
             client,
@@ -292,25 +272,21 @@ impl<'a, A: Attach> Transaction<'a, A> {
                 && self.to_server.pending() == 0
                 && self.cin.available().is_empty();
             let wait_for = super::idle_wait(self.idle_limit, quiet);
-            let woke = wait(
-                (
-                    self.client.as_raw_fd(),
-                    interest(
-                        self.cin.has_room()
-                            && self.to_server.pending() < HIGH_WATER
-                            && self.to_client.pending() < HIGH_WATER,
-                        self.to_client.pending() > 0,
-                    ),
-                ),
-                (
-                    self.server.unwrap_or(-1),
-                    interest(
-                        self.sin.has_room() && self.to_client.pending() < HIGH_WATER,
-                        self.to_server.pending() > 0,
-                    ),
-                ),
+            let cwant = interest(
+                self.cin.has_room()
+                    && self.to_server.pending() < HIGH_WATER
+                    && self.to_client.pending() < HIGH_WATER,
+                self.to_client.pending() > 0,
+            );
+            let swant = interest(
+                self.sin.has_room() && self.to_client.pending() < HIGH_WATER,
+                self.to_server.pending() > 0,
+            );
+            let woke = wait_pair(
+                (self.client, cwant),
+                self.server_fd().map(|fd| (fd, swant)),
                 wait_for,
-                &self.wait_mask,
+                Some(&self.wait_mask),
             );
             let [c, s] = match woke {
                 Ok(Woke::Ready(fds)) => fds,
@@ -318,7 +294,7 @@ impl<'a, A: Attach> Transaction<'a, A> {
                 Ok(Woke::TimedOut) => return Outcome::IdleTimeout,
                 Err(e) => return Outcome::Io(e),
             };
-            if ready_to_read(c.revents) && c.events & libc::POLLIN != 0 {
+            if readable(c) && cwant.contains(Events::POLLIN) {
                 match self.cin.fill(self.client) {
                     Ok(0) => return Outcome::ClientClosed,
                     Ok(_) => {
@@ -331,7 +307,7 @@ impl<'a, A: Attach> Transaction<'a, A> {
                 }
             }
             if let Some(fd) = self.server_fd() {
-                if ready_to_read(s.revents) && s.events & libc::POLLIN != 0 {
+                if readable(s) && swant.contains(Events::POLLIN) {
                     match self.sin.fill(fd) {
                         Ok(0) => return Outcome::ServerClosed,
                         Ok(_) => {

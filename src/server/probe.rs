@@ -16,12 +16,14 @@
 //! supervisor on an idle connection whose socket woke it.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::protocol::tag::backend;
+use crate::sys;
+use crate::sys::poll::{Events, Woke};
 
 /// The simple Query message `;`.
 const EMPTY_QUERY: [u8; 7] = [b'Q', 0, 0, 0, 6, b';', 0];
@@ -157,7 +159,7 @@ fn error_text(body: &[u8]) -> String {
 /// Waits until `fd` is ready for `events` or the deadline passes.
 fn wait(
     fd: BorrowedFd<'_>,
-    events: libc::c_short,
+    events: Events,
     deadline: Instant,
     timeout: Duration,
 ) -> Result<(), ProbeError> {
@@ -166,24 +168,10 @@ fn wait(
         if left.is_zero() {
             return Err(ProbeError::Timeout(timeout));
         }
-        let mut pfd = libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events,
-            revents: 0,
-        };
-        let ms = left.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
-        // SAFETY: one pollfd that lives across the call.
-        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e.into());
-        }
-        if r > 0 {
+        match sys::poll::wait_one(fd, events, Some(left), None)? {
             // Errors and hang-ups surface in the send or recv that follows.
-            return Ok(());
+            Woke::Ready(_) => return Ok(()),
+            Woke::TimedOut | Woke::Interrupted => {}
         }
     }
 }
@@ -195,28 +183,17 @@ fn send_all(
     timeout: Duration,
 ) -> Result<(), ProbeError> {
     while !bytes.is_empty() {
-        wait(fd, libc::POLLOUT, deadline, timeout)?;
-        // SAFETY: sending from a live slice; MSG_DONTWAIT leaves the shared
-        // file's flags alone, MSG_NOSIGNAL turns a closed peer into EPIPE.
-        let n = unsafe {
-            libc::send(
-                fd.as_raw_fd(),
-                bytes.as_ptr() as *const libc::c_void,
-                bytes.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            match e.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => continue,
+        wait(fd, Events::POLLOUT, deadline, timeout)?;
+        match sys::io::send_nowait(fd, bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) => match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => {}
                 io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => {
                     return Err(ProbeError::Closed)
                 }
                 _ => return Err(e.into()),
-            }
+            },
         }
-        bytes = &bytes[n as usize..];
     }
     Ok(())
 }
@@ -230,30 +207,19 @@ fn recv_some(
 ) -> Result<(), ProbeError> {
     let mut chunk = [0u8; 4096];
     loop {
-        wait(fd, libc::POLLIN, deadline, timeout)?;
-        // SAFETY: receiving into a live stack buffer of the given length;
-        // MSG_DONTWAIT as in `send_all`.
-        let n = unsafe {
-            libc::recv(
-                fd.as_raw_fd(),
-                chunk.as_mut_ptr() as *mut libc::c_void,
-                chunk.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            match e.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => continue,
+        wait(fd, Events::POLLIN, deadline, timeout)?;
+        match sys::io::recv_nowait(fd, &mut chunk) {
+            Ok(0) => return Err(ProbeError::Closed),
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                return Ok(());
+            }
+            Err(e) => match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => {}
                 io::ErrorKind::ConnectionReset => return Err(ProbeError::Closed),
                 _ => return Err(e.into()),
-            }
+            },
         }
-        if n == 0 {
-            return Err(ProbeError::Closed);
-        }
-        buf.extend_from_slice(&chunk[..n as usize]);
-        return Ok(());
     }
 }
 

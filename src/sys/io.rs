@@ -35,6 +35,13 @@ pub fn send_nowait(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
     .map_err(os)
 }
 
+/// One recv(2) that never waits, even on a blocking socket: for a reader
+/// that shares the open file with other processes and so must not change
+/// its flags. `Ok(0)` is end of stream.
+pub fn recv_nowait(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    socket::recv(fd.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT).map_err(os)
+}
+
 /// Writes all of `bytes` to a blocking socket, repeating interrupted and
 /// partial sends. `WouldBlock` here means a send timeout ran out
 /// (`sock::set_timeouts`) and is returned as the error it is.

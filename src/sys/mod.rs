@@ -3,7 +3,7 @@
 //!
 //! Where `nix` has a safe wrapper the functions here are thin adapters over
 //! it that speak `BorrowedFd`/`OwnedFd` and `std::io::Error`. Where it has
-//! none (`close_range`, `_exit`, `syslog`, a `recvmsg` that still yields the
+//! none (`close_range`, `_exit`, `futex`, `syslog`, a `recvmsg` that still yields the
 //! descriptors of a truncated message, installing a signal handler, writing
 //! over the process's argument area) the one `unsafe` block is here, with the
 //! reasoning that makes it sound next to it. The rest of the crate calls
@@ -14,6 +14,7 @@
 //! `poll::wait_pair`) make exactly one system call each and never allocate.
 
 pub mod fd;
+pub mod futex;
 pub mod io;
 pub mod poll;
 pub mod process;

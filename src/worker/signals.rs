@@ -75,6 +75,6 @@ fn set_sigquit_blocked(blocked: bool) {
 }
 
 /// The signal mask to wait with in `ppoll`: nothing blocked.
-pub fn wait_mask() -> libc::sigset_t {
-    *signal::nothing_blocked().as_ref()
+pub fn wait_mask() -> nix::sys::signal::SigSet {
+    signal::nothing_blocked()
 }

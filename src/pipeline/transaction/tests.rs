@@ -193,7 +193,7 @@ fn run(rewriter: Rewriter, cut: usize) -> (Vec<u8>, Vec<bool>, Outcome) {
         record: Record::default(),
     };
     let stop = AtomicBool::new(false);
-    let mask = *SigSet::empty().as_ref();
+    let mask = SigSet::empty();
     let outcome = Transaction::new(client_end.as_fd(), &mut one, rewriter, &stop, mask).run();
     let got = client_thread.join().expect("the client got its answers");
     drop(server_end);
