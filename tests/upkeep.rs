@@ -162,8 +162,15 @@ fn idle_timeout_stops_at_min_size_and_prefill_restores_it() {
              {PREFILL_RULE}initial_size = 3\nmin_size = 2\n"
         ),
     );
-    // initial_size first, then idle_timeout takes it down to min_size and
-    // no further.
+    // initial_size first (the three are idle for at least idle_timeout
+    // before any is closed, so this cannot miss them), then idle_timeout
+    // takes the pool down to min_size and no further. Waiting for the 3
+    // first keeps the wait for 2 from matching prefill half-way through.
+    assert!(
+        wait_until(Duration::from_secs(30), || backends(&pg).len() == 3),
+        "backends {:?}: prefill did not open initial_size 3",
+        backends(&pg)
+    );
     assert!(
         wait_until(Duration::from_secs(30), || backends(&pg).len() == 2),
         "backends {:?}: idle_timeout did not bring the pool to min_size 2",
