@@ -6,6 +6,7 @@ pub mod config;
 pub mod credentials;
 pub mod disabled;
 pub mod fdio;
+pub mod hash;
 pub mod logging;
 pub mod management;
 pub mod pipeline;

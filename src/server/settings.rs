@@ -127,8 +127,10 @@ pub fn login_params(params: &[(String, String)]) -> Vec<(String, String)> {
 /// What `login_params` sends, as one value that does not depend on order
 /// or spelling: plain parameters and `-c` settings alike become lower-case
 /// `name=value` entries (GUC names are case-insensitive), other `options`
-/// words are kept in order. FNV-1a over the sorted entries.
-pub fn hash(params: &[(String, String)]) -> u64 {
+/// words are kept in order. Keyed (`crate::hash`) with the supervisor's
+/// key, so that no client can choose settings that collide with another
+/// client's.
+pub fn hash(key: [u64; 2], params: &[(String, String)]) -> u64 {
     let mut settings = Vec::new();
     let mut switches = Vec::new();
     for (k, v) in login_params(params) {
@@ -153,27 +155,28 @@ pub fn hash(params: &[(String, String)]) -> u64 {
         }
     }
     last.sort();
-    let mut h: u64 = 0xcbf29ce484222325;
-    let mut feed = |bytes: &[u8]| {
-        for b in bytes.iter().chain(std::iter::once(&0u8)) {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x100000001b3);
-        }
-    };
+    // Every entry and the two groups end with a NUL, which no name or
+    // value contains, so different lists never make the same bytes.
+    let mut bytes = Vec::new();
     for (k, v) in &last {
-        feed(k.as_bytes());
-        feed(v.as_bytes());
+        for part in [k.as_bytes(), v.as_bytes()] {
+            bytes.extend_from_slice(part);
+            bytes.push(0);
+        }
     }
-    feed(b"");
+    bytes.push(0);
     for w in &switches {
-        feed(w.as_bytes());
+        bytes.extend_from_slice(w.as_bytes());
+        bytes.push(0);
     }
-    h
+    crate::hash::siphash24(key[0], key[1], &bytes)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const KEY: [u64; 2] = [7, 11];
 
     fn p(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
@@ -195,7 +198,7 @@ mod tests {
             ),
         ]);
         assert!(login_params(&client).is_empty());
-        assert_eq!(hash(&client), hash(&[]));
+        assert_eq!(hash(KEY, &client), hash(KEY, &[]));
     }
 
     #[test]
@@ -211,7 +214,7 @@ mod tests {
                 ("search_path", "a b"),
             ])
         );
-        assert_ne!(hash(&client), hash(&[]));
+        assert_ne!(hash(KEY, &client), hash(KEY, &[]));
         let escaped = p(&[("options", "-c search_path=a\\ b")]);
         assert_eq!(
             login_params(&escaped),
@@ -224,20 +227,20 @@ mod tests {
         let a = p(&[("options", "-c statement_timeout=3s -c lock_timeout=1s")]);
         let b = p(&[("options", "--lock-timeout=1s -cStatement_Timeout=3s")]);
         let c = p(&[("Statement_timeout", "3s"), ("lock_timeout", "1s")]);
-        assert_eq!(hash(&a), hash(&b));
-        assert_eq!(hash(&a), hash(&c));
+        assert_eq!(hash(KEY, &a), hash(KEY, &b));
+        assert_eq!(hash(KEY, &a), hash(KEY, &c));
         assert_ne!(
-            hash(&a),
-            hash(&p(&[(
-                "options",
-                "-c statement_timeout=4s -c lock_timeout=1s"
-            )]))
+            hash(KEY, &a),
+            hash(
+                KEY,
+                &p(&[("options", "-c statement_timeout=4s -c lock_timeout=1s")])
+            )
         );
         // The value in `options` is the one the session gets.
         let overridden = p(&[
             ("statement_timeout", "9s"),
             ("options", "-c statement_timeout=3s -c lock_timeout=1s"),
         ]);
-        assert_eq!(hash(&overridden), hash(&a));
+        assert_eq!(hash(KEY, &overridden), hash(KEY, &a));
     }
 }

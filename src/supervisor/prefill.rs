@@ -90,6 +90,9 @@ pub struct Prefill<'a> {
     pub segment: &'a Segment,
     pub credentials: &'a Credentials,
     pub management_path: &'a Path,
+    /// The key of `server::settings::hash`: a prefilled connection has no
+    /// login settings, summed up as a worker sums up a client's.
+    pub statement_key: [u64; 2],
 }
 
 impl Prefill<'_> {
@@ -147,7 +150,7 @@ impl Prefill<'_> {
             database: &t.database,
             user: &t.user,
             limit: Some(t.rule),
-            settings: server::settings::hash(&[]),
+            settings: server::settings::hash(self.statement_key, &[]),
         };
         let i = pool::reserve_for_prefill(self.segment, want, me).ok_or(PrefillError::NoRoom)?;
         match self.connect_into(t, i, me, management) {

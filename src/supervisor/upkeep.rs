@@ -339,6 +339,7 @@ impl Supervisor {
             segment: &self.segment,
             credentials: &self.credentials,
             management_path: &self.management_path,
+            statement_key: self.statement_key,
         };
         match fork_helper(&self.sockets, false, || job.run(&targets)) {
             Ok(pid) => {

@@ -52,8 +52,9 @@ pub struct Context<'a> {
     pub sockets: &'a PooledSockets,
     pub management_path: &'a Path,
     pub credentials: &'a Credentials,
-    /// Key of the prepared-statement name hash: made once by the supervisor
-    /// so that every worker derives the same server-side names.
+    /// Key of `crate::hash`: made once by the supervisor so that every
+    /// worker derives the same server-side statement names and the same
+    /// sum of a client's login settings.
     pub statement_key: [u64; 2],
 }
 

@@ -97,7 +97,7 @@ impl<'a> Session<'a> {
                 database: &self.database,
                 user: &self.user,
                 limit: self.limit,
-                settings: server::settings::hash(&self.startup.params),
+                settings: server::settings::hash(self.ctx.statement_key, &self.startup.params),
             },
             startup: &self.startup,
             login,

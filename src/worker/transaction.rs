@@ -55,7 +55,10 @@ impl WorkerAttach<'_> {
                         database: &self.database,
                         user: &self.user,
                         limit: self.limit,
-                        settings: crate::server::settings::hash(&self.startup.params),
+                        settings: crate::server::settings::hash(
+                            self.ctx.statement_key,
+                            &self.startup.params,
+                        ),
                     },
                     startup: self.startup,
                     login,

@@ -1,6 +1,6 @@
-use super::registry::siphash24;
 use super::sql::{classify, Sql};
 use super::*;
+use crate::hash::siphash24;
 use crate::protocol::ErrorResponse;
 use std::cell::RefCell;
 use std::rc::Rc;
