@@ -123,3 +123,24 @@ fn names_that_are_not_utf8_are_roles_and_databases_that_do_not_exist() {
     let answer = answer_to(pgcorral(&pc), &[untagged(v3, b"user\0a\xffb\0\0")]);
     assert_eq!(answer.sqlstate(), Some("28000"));
 }
+
+/// A tracked setting with a value the server refuses (pgcorral sets these
+/// with SET after login, never in the startup packet) is refused with the
+/// server's own error, as when the client connects directly.
+#[test]
+fn a_bad_tracked_setting_gets_the_servers_own_error() {
+    let pg = Postgres::start();
+    for pipeline in ["session", "transaction"] {
+        let pc = Pgcorral::start(&pg, &format!("pipeline = \"{pipeline}\"\n"));
+        let v3 = 0x0003_0000;
+        for payload in [
+            &b"user\0postgres\0database\0postgres\0client_encoding\0bogus\0\0"[..],
+            b"user\0postgres\0database\0postgres\0DateStyle\0nonsense\0\0",
+            b"user\0postgres\0database\0postgres\0options\0-c TimeZone=Nowhere/Never\0\0",
+        ] {
+            same_answer(&pg, &pc, &[untagged(v3, payload)]);
+        }
+        // A good client is unharmed afterwards.
+        assert_eq!(pc.psql("select 1"), "1");
+    }
+}

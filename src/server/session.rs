@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::fdio::{self as io, FdIo};
 use crate::pipeline::params::{self, Params};
 use crate::protocol::tag::backend;
-use crate::protocol::{self, ErrorResponse, ProtocolError};
+use crate::protocol::{self, sqlstate, ErrorResponse, ProtocolError};
 use crate::slot::Slot;
 
 /// Answers to SET and DISCARD are small; a bigger message means the
@@ -22,8 +22,13 @@ pub enum SessionError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Protocol(#[from] ProtocolError),
-    #[error("{sql}: {message}")]
-    Refused { sql: String, message: String },
+    /// The server refused a setting the client asked for (a bad value at
+    /// start-up, say): its error is what the client is told.
+    #[error("{sql}: {}", .error.message)]
+    Refused {
+        sql: String,
+        error: Box<ErrorResponse>,
+    },
     #[error("server not idle after {0}")]
     NotIdle(String),
 }
@@ -41,7 +46,10 @@ pub fn sync_params(
     };
     let answer = run_idle(server, slot, &sql, timeout)?;
     match answer.error {
-        Some(message) => Err(SessionError::Refused { sql, message }),
+        Some(error) => Err(SessionError::Refused {
+            sql,
+            error: Box::new(error),
+        }),
         None if !answer.idle => Err(SessionError::NotIdle(sql)),
         None => Ok(()),
     }
@@ -62,7 +70,7 @@ pub fn reset(server: BorrowedFd<'_>, slot: &Slot, timeout: Duration) -> bool {
 }
 
 struct Answer {
-    error: Option<String>,
+    error: Option<ErrorResponse>,
     idle: bool,
 }
 
@@ -90,11 +98,9 @@ fn run_idle(
                 }
             }
             backend::ERROR_RESPONSE => {
-                error = Some(
-                    ErrorResponse::parse(&msg.body)
-                        .map(|e| e.message)
-                        .unwrap_or_else(|_| "unreadable error".into()),
-                )
+                error = Some(ErrorResponse::parse(&msg.body).unwrap_or_else(|_| {
+                    ErrorResponse::error(sqlstate::PROTOCOL_VIOLATION, "unreadable error")
+                }))
             }
             backend::READY_FOR_QUERY => {
                 io::set_timeouts(server, None)?;

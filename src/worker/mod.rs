@@ -116,6 +116,13 @@ impl WorkerError {
                 "could not connect to the server",
             ),
             WorkerError::Server(_) => fatal(sqlstate::CONNECTION_FAILURE, self.to_string()),
+            // As PostgreSQL answers a bad setting in a startup packet: the
+            // server's own error, ending the connection.
+            WorkerError::ParameterSync(SessionError::Refused { error, .. }) => {
+                let mut e = (**error).clone();
+                e.severity = "FATAL".into();
+                e
+            }
             WorkerError::ParameterSync(_) => fatal(sqlstate::CONNECTION_FAILURE, self.to_string()),
             WorkerError::Management(_) | WorkerError::Fill(_) | WorkerError::Random(_) => {
                 fatal(sqlstate::INTERNAL_ERROR, self.to_string())
