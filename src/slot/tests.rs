@@ -21,10 +21,36 @@ fn my_pid() -> i32 {
     nix::unistd::getpid().as_raw()
 }
 
+/// Everything a caller can read of a slot, to compare two slots by.
+fn observe(s: &Slot) -> impl PartialEq + std::fmt::Debug {
+    (
+        (
+            s.snapshot(),
+            s.generation(),
+            s.key(),
+            s.limit_index(),
+            s.server(),
+        ),
+        (s.backend(), s.client_key(), s.close_on_release(), s.epoch()),
+        (s.created_ms(), s.last_used_ms(), s.settings(), s.identity()),
+        (s.startup().to_vec(), s.login().to_vec(), s.proof().to_vec()),
+    )
+}
+
 #[test]
-fn zeroed_slot_is_notinit_without_owner() {
+fn an_empty_slot_is_notinit_without_owner() {
     let s = fresh();
     assert_eq!(s.snapshot(), (SlotState::NotInit, NO_OWNER));
+}
+
+/// `Default` stands in for the zeroed records of a new segment, so the two
+/// must read the same.
+#[test]
+fn a_default_slot_reads_as_a_new_segment_s_slot() {
+    let seg = crate::segment::Segment::create(1, &[]).unwrap();
+    let zeroed = &seg.slots()[0];
+    assert_eq!(observe(&fresh()), observe(zeroed));
+    assert!(!fresh().has_prepared(0) && !zeroed.has_prepared(0));
 }
 
 #[test]
@@ -78,6 +104,17 @@ fn startup_blob_round_trips_and_rejects_oversize() {
     assert!(s.set_startup(b"now"));
     assert_eq!(s.login(), b"login");
     assert_eq!(s.startup(), b"now");
+}
+
+#[test]
+fn proof_round_trips_and_rejects_oversize() {
+    let s = fresh();
+    assert!(s.set_proof(&[7; PROOF_CAPACITY]));
+    assert_eq!(s.proof(), &[7; PROOF_CAPACITY]);
+    assert!(!s.set_proof(&[8; PROOF_CAPACITY + 1]));
+    assert_eq!(s.proof(), &[7; PROOF_CAPACITY]);
+    assert!(s.set_proof(b"p"));
+    assert_eq!(s.proof(), b"p");
 }
 
 /// Forked processes hammer four slots through the pool's take/release
