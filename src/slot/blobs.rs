@@ -1,0 +1,103 @@
+//! The plain bytes of a slot: the start-up messages replayed to clients
+//! (current and as at login, see the module documentation of `slot`) and
+//! the authentication proof of the client that opened the connection.
+
+use std::cell::UnsafeCell;
+
+use super::Slot;
+
+/// Room for the server's ParameterStatus and BackendKeyData messages, which
+/// are replayed to every client that is given this connection.
+pub const STARTUP_CAPACITY: usize = 4096;
+/// Room for an encoded authentication proof.
+pub const PROOF_CAPACITY: usize = 48;
+
+#[repr(C)]
+struct Bytes<const N: usize> {
+    len: u32,
+    bytes: [u8; N],
+}
+
+/// Up to `N` bytes written and read only by the slot's owner, so plain
+/// bytes rather than atomics: a later owner reads them after the acquire
+/// swap that made it owner, which orders the read after the last owner's
+/// writes and its release swap.
+#[repr(transparent)]
+pub(super) struct OwnerBlob<const N: usize>(UnsafeCell<Bytes<N>>);
+
+// SAFETY: the bytes are shared between processes (and so, as far as the
+// compiler knows, between threads) but never accessed by two at once: only
+// the process whose pid is in the slot's state word calls `set` or `get`
+// (the owner rule in the module documentation), and ownership passes only
+// through an acquire/release compare-and-swap of that word, which orders
+// every access of one owner before every access of the next.
+unsafe impl<const N: usize> Sync for OwnerBlob<N> {}
+
+impl<const N: usize> OwnerBlob<N> {
+    /// Empty: what a zeroed segment holds.
+    pub(super) const fn empty() -> Self {
+        OwnerBlob(UnsafeCell::new(Bytes {
+            len: 0,
+            bytes: [0; N],
+        }))
+    }
+
+    /// False, leaving the blob as it was, when `bytes` do not fit.
+    fn set(&self, bytes: &[u8]) -> bool {
+        if bytes.len() > N {
+            return false;
+        }
+        // SAFETY: the caller is the slot's owner (see the `Sync` impl), the
+        // only process that may touch the blob now. Within it, the slices
+        // `get` hands out are read at once by every caller (or copied),
+        // never held across a `set`, so this is the only borrow.
+        let blob = unsafe { &mut *self.0.get() };
+        blob.bytes[..bytes.len()].copy_from_slice(bytes);
+        blob.len = bytes.len() as u32;
+        true
+    }
+
+    fn get(&self) -> &[u8] {
+        // SAFETY: read by the owner after the acquire swap that made it
+        // owner (see the `Sync` impl), so no other process writes it now;
+        // the owner itself does not `set` while it holds this slice. The
+        // length is clamped, so a corrupt value cannot read out of bounds.
+        let blob = unsafe { &*self.0.get() };
+        &blob.bytes[..(blob.len as usize).min(N)]
+    }
+}
+
+impl Slot {
+    /// Stores the connection's current start-up messages (parameters as
+    /// they are now) for replay. Owner only. Returns false when they do
+    /// not fit.
+    pub fn set_startup(&self, bytes: &[u8]) -> bool {
+        self.startup.set(bytes)
+    }
+
+    /// Stores the parameters the server reported at login; only
+    /// `server::fill_slot` calls this. Owner only. False when too large.
+    pub fn set_login(&self, bytes: &[u8]) -> bool {
+        self.login.set(bytes)
+    }
+
+    /// Stores the authentication proof. Owner only; false if too large.
+    pub fn set_proof(&self, bytes: &[u8]) -> bool {
+        self.proof.set(bytes)
+    }
+
+    /// The authentication proof. Owner only.
+    pub fn proof(&self) -> &[u8] {
+        self.proof.get()
+    }
+
+    /// The connection's current start-up messages. Owner only.
+    pub fn startup(&self) -> &[u8] {
+        self.startup.get()
+    }
+
+    /// The start-up messages as the server sent them at login. Owner only.
+    pub fn login(&self) -> &[u8] {
+        self.login.get()
+    }
+}
