@@ -258,7 +258,7 @@ pub enum CheckedIn {
 /// SCRAM login (or an unreadable proof) may not: nothing a later client
 /// sends can be checked against it. Owner only (reads the proof).
 pub fn may_be_shared(slot: &Slot) -> bool {
-    AuthProof::decode(slot.proof()) != AuthProof::NotReusable
+    AuthProof::decode(&slot.proof()) != AuthProof::NotReusable
 }
 
 /// Gives back a connection `me` holds IN_USE, deciding alone whether it is

@@ -48,22 +48,23 @@ impl<const N: usize> OwnerBlob<N> {
             return false;
         }
         // SAFETY: the caller is the slot's owner (see the `Sync` impl), the
-        // only process that may touch the blob now. Within it, the slices
-        // `get` hands out are read at once by every caller (or copied),
-        // never held across a `set`, so this is the only borrow.
+        // only process that may touch the blob now; within it, `get` hands
+        // out copies, never a borrow of the bytes, so this is the only one.
         let blob = unsafe { &mut *self.0.get() };
         blob.bytes[..bytes.len()].copy_from_slice(bytes);
         blob.len = bytes.len() as u32;
         true
     }
 
-    fn get(&self) -> &[u8] {
+    /// A copy: a borrow of the bytes could outlive a later `set` by the
+    /// same owner, which would alias them.
+    fn get(&self) -> Vec<u8> {
         // SAFETY: read by the owner after the acquire swap that made it
-        // owner (see the `Sync` impl), so no other process writes it now;
-        // the owner itself does not `set` while it holds this slice. The
+        // owner (see the `Sync` impl), so no other process writes it now,
+        // and the borrow ends within this function, before any `set`. The
         // length is clamped, so a corrupt value cannot read out of bounds.
         let blob = unsafe { &*self.0.get() };
-        &blob.bytes[..(blob.len as usize).min(N)]
+        blob.bytes[..(blob.len as usize).min(N)].to_vec()
     }
 }
 
@@ -87,17 +88,17 @@ impl Slot {
     }
 
     /// The authentication proof. Owner only.
-    pub fn proof(&self) -> &[u8] {
+    pub fn proof(&self) -> Vec<u8> {
         self.proof.get()
     }
 
     /// The connection's current start-up messages. Owner only.
-    pub fn startup(&self) -> &[u8] {
+    pub fn startup(&self) -> Vec<u8> {
         self.startup.get()
     }
 
     /// The start-up messages as the server sent them at login. Owner only.
-    pub fn login(&self) -> &[u8] {
+    pub fn login(&self) -> Vec<u8> {
         self.login.get()
     }
 }

@@ -64,7 +64,7 @@ pub fn acquire(
     // a login (`server::settings`). And a value another client SET is in
     // the slot's current parameters only, so the login values undo it.
     let slot = &ctx.segment.slots()[held.index];
-    let desired = req.desired.clone().or(&Params::from_startup(slot.login()));
+    let desired = req.desired.clone().or(&Params::from_startup(&slot.login()));
     // SAFETY: the slot's socket, open while we hold the slot (`Held`).
     let server = unsafe { BorrowedFd::borrow_raw(held.fd) };
     let timeout = attach::connect_timeout(ctx);
@@ -95,7 +95,7 @@ fn take_pooled(
         return Ok(None);
     }
     if let Some((client, user)) = req.prove {
-        let proof = AuthProof::decode(slot.proof());
+        let proof = AuthProof::decode(&slot.proof());
         if let Err(e) = client_auth::check_pooled(client, user, &proof) {
             // Nothing reached the server: the connection goes back untouched.
             pool::check_in(ctx.segment, index, me, Verdict::Clean);

@@ -143,7 +143,7 @@ impl<'a> Session<'a> {
         if held.fresh {
             out.extend_from_slice(&notices);
         }
-        cancel::startup_for_client(slot.startup(), self.me, self.secret, &mut out);
+        cancel::startup_for_client(&slot.startup(), self.me, self.secret, &mut out);
         protocol::ready_for_query(&mut out, b'I');
         if let Err(e) = io::write_all(self.client, &out) {
             // The client left before its session began; the connection is

@@ -174,7 +174,7 @@ impl Attach for WorkerAttach<'_> {
         self.desired.set(name, value);
         if let Some(index) = self.held {
             let slot = &self.ctx.segment.slots()[index];
-            slot.set_startup(&params::startup_with(slot.startup(), name, value));
+            slot.set_startup(&params::startup_with(&slot.startup(), name, value));
         }
     }
 }
