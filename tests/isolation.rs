@@ -206,8 +206,8 @@ fn start_up_settings_follow_their_client_in_transaction_mode() {
 }
 
 /// Clients that logged in with the same settings, however spelled, share a
-/// backend; tracked settings in PGOPTIONS (pg_regress) neither split the
-/// pool nor stay on the connection for the next client.
+/// backend; tracked settings in PGOPTIONS (pg_regress) are login settings
+/// like any other, so RESET returns to them.
 fn same_settings_share_a_backend(pg: &Postgres, pipeline: &str) {
     let pc = start(pg, pipeline);
     let mut a = connect_with(&pc, "-c statement_timeout=500ms -c lock_timeout=1s");
@@ -224,36 +224,46 @@ fn same_settings_share_a_backend(pg: &Postgres, pipeline: &str) {
     drop(b);
     wait_workers_gone(&pc);
 
-    // A tracked setting alone, as pg_regress sends it, on a pool whose only
-    // connection so far has other settings: a new one without settings.
-    let out = psql_with(
-        &pc,
-        "-c intervalstyle=postgres_verbose",
-        "select pg_backend_pid(); show intervalstyle",
-    );
-    let mut lines = out.lines();
-    let plain_pid: i32 = lines
-        .next()
-        .and_then(|l| l.parse().ok())
-        .unwrap_or_else(|| panic!("{pipeline}: psql printed {out:?}"));
-    assert_eq!(
-        lines.next(),
-        Some("postgres_verbose"),
-        "{pipeline}: {out:?}"
-    );
+    // A tracked setting, as pg_regress sends it, is a login setting too:
+    // RESET must return to it, as it does on a direct connection.
+    let verbose = |pc: &Pgcorral| {
+        let out = psql_with(
+            pc,
+            "-c intervalstyle=postgres_verbose",
+            "select pg_backend_pid(); set intervalstyle = iso_8601; \
+             reset intervalstyle; show intervalstyle",
+        );
+        let mut lines = out.lines();
+        let pid: i32 = lines
+            .next()
+            .and_then(|l| l.parse().ok())
+            .unwrap_or_else(|| panic!("{pipeline}: psql printed {out:?}"));
+        assert_eq!(
+            lines.next(),
+            Some("postgres_verbose"),
+            "{pipeline}: RESET did not return to the start-up value: {out:?}"
+        );
+        pid
+    };
+    let verbose_pid = verbose(&pc);
     assert_ne!(
-        plain_pid, pid,
-        "{pipeline}: given a connection with settings"
+        verbose_pid, pid,
+        "{pipeline}: given a connection with other settings"
+    );
+    wait_workers_gone(&pc);
+    assert_eq!(
+        verbose(&pc),
+        verbose_pid,
+        "{pipeline}: same tracked setting, new backend"
     );
     wait_workers_gone(&pc);
 
-    // The next plain client gets that same connection, with the default
-    // interval style.
+    // A plain client gets neither: the default interval style, no timeout.
     let mut c = pc.connect();
-    assert_eq!(
-        backend_pid(&mut c),
-        plain_pid,
-        "{pipeline}: tracked setting split the pool"
+    let plain_pid = backend_pid(&mut c);
+    assert!(
+        plain_pid != pid && plain_pid != verbose_pid,
+        "{pipeline}: a plain client was given a connection with settings"
     );
     assert_eq!(show(&mut c, "IntervalStyle"), "postgres", "{pipeline}");
     assert!(!sleep_cancelled(&mut c), "{pipeline}");

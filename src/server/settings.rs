@@ -7,13 +7,13 @@
 //! for its whole life. The pool therefore gives a client only a connection
 //! whose login settings equal its own (`hash`, recorded in the slot).
 //!
-//! The tracked parameters (`pipeline::params::TRACKED`) are the exception:
-//! pgcorral sets them per client on whatever connection it is given, so
-//! they are left out of both the login and the hash. A connection's login
-//! values for them are then the server's defaults, never another client's
-//! start-up values, and clients that differ only in them share a pool.
-
-use crate::pipeline::params;
+//! The tracked parameters (`pipeline::params::TRACKED`) a client names at
+//! start-up are login settings like any other: `RESET DateStyle` must
+//! return to the client's start-up value, which only a login can make the
+//! session's default. `application_name` alone is left out of the login
+//! and the hash: clients name it all the time (psql, every driver), it
+//! changes no query's result, and pgcorral sets it per client on whatever
+//! connection it is given, so it does not split the pool.
 
 /// Start-up parameters that are pgcorral's business, not the server's:
 /// identity is sent separately, protocol options are negotiated by
@@ -94,13 +94,19 @@ fn escape(word: &str) -> String {
     out
 }
 
+/// Set per client after login, never part of one (see the module
+/// documentation).
+fn set_after_login(name: &str) -> bool {
+    name.eq_ignore_ascii_case("application_name")
+}
+
 /// The start-up parameters a server connection for this client is opened
-/// with: everything forwarded except the tracked parameters, also when
-/// they come as `-c` settings in `options`.
+/// with: everything forwarded except `application_name`, also when it
+/// comes as a `-c` setting in `options`.
 pub fn login_params(params: &[(String, String)]) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for (k, v) in params {
-        if !forwarded(k) || params::is_tracked(k) {
+        if !forwarded(k) || set_after_login(k) {
             continue;
         }
         if k != "options" {
@@ -110,7 +116,7 @@ pub fn login_params(params: &[(String, String)]) -> Vec<(String, String)> {
         let kept: Vec<String> = items(v)
             .into_iter()
             .filter_map(|item| match item {
-                Item::Setting(name, _) if params::is_tracked(&name) => None,
+                Item::Setting(name, _) if set_after_login(&name) => None,
                 Item::Setting(name, value) => {
                     Some(format!("-c {}", escape(&format!("{name}={value}"))))
                 }
@@ -186,19 +192,26 @@ mod tests {
     }
 
     #[test]
-    fn tracked_parameters_neither_log_in_nor_split_the_pool() {
+    fn application_name_neither_logs_in_nor_splits_the_pool() {
         let client = p(&[
             ("user", "u"),
             ("database", "d"),
             ("application_name", "psql"),
-            ("client_encoding", "UTF8"),
-            (
-                "options",
-                "-c intervalstyle=postgres_verbose -c TimeZone=UTC",
-            ),
+            ("options", "-c application_name=x"),
         ]);
         assert!(login_params(&client).is_empty());
         assert_eq!(hash(KEY, &client), hash(KEY, &[]));
+    }
+
+    /// RESET returns to the start-up value only when the login set it.
+    #[test]
+    fn other_tracked_parameters_log_in_and_split_the_pool() {
+        let client = p(&[
+            ("client_encoding", "UTF8"),
+            ("options", "-c intervalstyle=postgres_verbose"),
+        ]);
+        assert_eq!(login_params(&client), client);
+        assert_ne!(hash(KEY, &client), hash(KEY, &[]));
     }
 
     #[test]
@@ -210,7 +223,7 @@ mod tests {
         assert_eq!(
             login_params(&client),
             p(&[
-                ("options", "-c statement_timeout=3s -e"),
+                ("options", "-c statement_timeout=3s -c DateStyle=German -e"),
                 ("search_path", "a b"),
             ])
         );
