@@ -107,6 +107,10 @@ impl Attach for &mut OneServer {
     fn statements(&mut self) -> &mut dyn ServerStatements {
         &mut self.record
     }
+    fn watches(&self) -> bool {
+        false
+    }
+    fn pin(&mut self, _: crate::pipeline::session_sql::PinReason) {}
 }
 
 /// A simple query, a named statement prepared and described, bound and
