@@ -68,10 +68,20 @@ fn start(extra: &str) -> (Postgres, Pgcorral) {
 /// and must work. A keeps the state and its backend while B never sees
 /// it; after A leaves, the connection it had is reset and reused.
 fn kept_and_hidden(create: &str, present: &str, more: &str) {
-    let (pg, pc) = start("");
+    kept_and_hidden_with("", false, create, present, more);
+}
+
+/// As `kept_and_hidden`, with more configuration, and with `create` sent
+/// by the extended protocol (Parse/Bind/Execute) when `extended`.
+fn kept_and_hidden_with(extra: &str, extended: bool, create: &str, present: &str, more: &str) {
+    let (pg, pc) = start(extra);
     let mut a = pc.connect();
     let mut b = pc.connect();
-    a.batch_execute(create).expect(create);
+    if extended {
+        a.execute(create, &[]).expect(create);
+    } else {
+        a.batch_execute(create).expect(create);
+    }
     let pa = pid(&mut a);
     for _ in 0..3 {
         assert!(check(&mut a, present), "A lost its state: {create}");
@@ -128,7 +138,9 @@ fn notify_reaches_the_listener_in_a_later_transaction() {
     let mut b = pc.connect();
     a.batch_execute("LISTEN pin_chan").expect("listen");
     for i in 0..3 {
-        b.batch_execute("SELECT 1").expect("b");
+        // B holds a connection meanwhile: were A's not kept for it, A's
+        // NOTIFY would run on another backend, one that is not listening.
+        b.batch_execute("BEGIN; SELECT 1").expect("b");
         a.batch_execute(&format!("NOTIFY pin_chan, 'n{i}'"))
             .expect("notify");
         let got = a
@@ -138,6 +150,7 @@ fn notify_reaches_the_listener_in_a_later_transaction() {
             .expect("notifications")
             .expect("a notification in time");
         assert_eq!(got.payload(), format!("n{i}"));
+        b.batch_execute("COMMIT").expect("commit");
     }
 }
 
@@ -206,6 +219,39 @@ fn set_role_is_kept_and_hidden() {
     kept_and_hidden(
         "SET ROLE pg_monitor",
         "select current_user = 'pg_monitor'",
+        "SELECT 1",
+    );
+}
+
+/// Without statement tracking the client's messages are streamed, yet
+/// its Query and Parse texts are still looked at.
+#[test]
+fn statements_pin_without_statement_tracking() {
+    let present = "select current_setting('work_mem') = '7777kB'";
+    let set = "SET work_mem = '7777kB'";
+    kept_and_hidden_with(
+        "max_prepared_statements = 0",
+        false,
+        set,
+        present,
+        "SELECT 1",
+    );
+    kept_and_hidden_with(
+        "max_prepared_statements = 0",
+        true,
+        set,
+        present,
+        "SELECT 1",
+    );
+}
+
+#[test]
+fn set_by_the_extended_protocol_pins() {
+    kept_and_hidden_with(
+        "",
+        true,
+        "select set_config('work_mem', '7777kB', false)",
+        "select current_setting('work_mem') = '7777kB'",
         "SELECT 1",
     );
 }
