@@ -73,8 +73,40 @@ enum Token {
     Other,
 }
 
+/// Every way to pin needs a word containing one of these, so text
+/// without any (most queries) is not lexed at all.
+const NEEDED: &[&[u8]] = &[
+    b"temp",
+    b"listen",
+    b"advisory",
+    b"hold",
+    b"prepare",
+    b"load",
+    b"set",
+];
+
+fn may_pin(sql: &[u8]) -> bool {
+    sql.windows(3).enumerate().any(|(i, w)| {
+        let w = [w[0] | 0x20, w[1] | 0x20, w[2] | 0x20];
+        NEEDED.iter().any(|n| {
+            n[..3] == w
+                && sql
+                    .get(i..i + n.len())
+                    .is_some_and(|t| t.eq_ignore_ascii_case(n))
+        })
+    })
+}
+
 /// The first state-leaving statement in `sql`, if any.
 pub fn pin_reason(sql: &[u8]) -> Option<PinReason> {
+    if !may_pin(sql) {
+        return None;
+    }
+    lexed(sql)
+}
+
+/// `pin_reason` without the quick test.
+fn lexed(sql: &[u8]) -> Option<PinReason> {
     let (tokens, rest) = lex(sql);
     let found = tokens
         .split(|t| *t == Token::Punct(b';'))

@@ -187,6 +187,21 @@ const KEYWORDS: &[&str] = &[
 ];
 
 proptest! {
+    /// The quick test that skips lexing never skips text that pins.
+    #[test]
+    fn skipping_the_lexer_loses_no_pin(
+        parts in proptest::collection::vec(
+            prop_oneof![
+                proptest::sample::select(KEYWORDS).prop_map(str::to_string),
+                "[a-zA-Z_ ;(),.'\"$-]{0,12}",
+            ],
+            0..6,
+        )
+    ) {
+        let sql = parts.concat();
+        prop_assert_eq!(pin_reason(sql.as_bytes()), lexed(sql.as_bytes()), "{}", sql);
+    }
+
     #[test]
     fn never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
         let _ = pin_reason(&bytes);
