@@ -30,7 +30,7 @@ use crate::sys;
 pub const MAGIC: [u8; 8] = *b"PGCORRAL";
 /// Bumped whenever the layout changes, so that an incompatible process
 /// refuses to attach instead of misreading the slots.
-pub const VERSION: u32 = 7;
+pub const VERSION: u32 = 8;
 /// The memfd's name; `/proc/PID/fd` shows it as `/memfd:pgcorral (deleted)`.
 pub const MEMFD_NAME: &str = "pgcorral";
 pub const MAX_SLOTS: usize = 10_000;
@@ -85,6 +85,10 @@ struct Header {
     /// bits), in one word so that a reader gets a pair that was current
     /// together.
     primary: AtomicU64,
+    /// Clients whose session state keeps their connection (transaction
+    /// pipeline), for `status`. A worker that dies without unwinding
+    /// leaves its count behind until the supervisor restarts.
+    pinned: AtomicU32,
 }
 
 /// The server new connections go to, and which switch made it primary.
@@ -382,6 +386,24 @@ impl Segment {
             sys::futex::wait(&h.wake_seq, seen, timeout);
         }
         h.waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// A client's session state now keeps its connection.
+    pub fn pin_added(&self) {
+        self.header().pinned.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A client whose connection was pinned left.
+    pub fn pin_removed(&self) {
+        let _ = self
+            .header()
+            .pinned
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
+    /// Clients whose session state keeps their connection now.
+    pub fn pinned(&self) -> u32 {
+        self.header().pinned.load(Ordering::Relaxed)
     }
 
     /// How many processes sleep in `wait_for_change` now.

@@ -77,6 +77,10 @@ pub struct MainConfig {
     /// Named protocol-level prepared statements a client may hold in
     /// transaction pooling (0 turns statement tracking off).
     pub max_prepared_statements: usize,
+    /// Transaction pipeline: a client whose statements leave session state
+    /// that cannot follow it (temporary tables, LISTEN, SET, ...) keeps its
+    /// connection until it leaves.
+    pub pin_session_state: bool,
     /// Rotate the log file once it is this large (bytes; 0 = never).
     #[serde(deserialize_with = "size::deserialize")]
     pub log_rotation_size: u64,
@@ -125,6 +129,7 @@ impl Default for MainConfig {
             log_level: LogLevel::Info,
             log_path: None,
             max_prepared_statements: 1000,
+            pin_session_state: true,
             log_rotation_size: 0,
             log_rotation_age: Duration::ZERO,
             log_connections: false,

@@ -230,6 +230,9 @@ pub struct Status {
     pub server: String,
     pub servers: Vec<ServerStatus>,
     pub clients: usize,
+    /// Clients whose session state keeps their connection (transaction
+    /// pipeline).
+    pub pinned: u32,
     pub max_connections: usize,
     pub connections: Connections,
     pub limits: Vec<LimitStatus>,
@@ -259,6 +262,9 @@ impl fmt::Display for Status {
             writeln!(f, "Failed servers:  {}", failed.join(", "))?;
         }
         writeln!(f, "Clients:         {}", self.clients)?;
+        if self.pinned > 0 {
+            writeln!(f, "Pinned clients:  {}", self.pinned)?;
+        }
         let by_state: Vec<String> = self
             .connections
             .by_state
@@ -637,6 +643,7 @@ mod tests {
                 },
             ],
             clients: 1,
+            pinned: 0,
             max_connections: 4,
             connections: Connections {
                 total: 2,

@@ -6,6 +6,7 @@ pub mod performance;
 pub mod prepared;
 pub mod relay;
 pub mod responses;
+pub mod session_sql;
 pub mod session_state;
 pub mod transaction;
 

@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::performance::MAX_SERVER_MESSAGE;
 use super::prepared::{Rewriter, Route, ServerStatements};
 use super::relay::retry;
+use super::session_sql::{self, PinReason};
 use super::Outcome;
 use crate::protocol::error_response::is_fatal_or_panic;
 use crate::protocol::framer::Header;
@@ -172,6 +173,12 @@ pub trait Attach {
     fn parameter(&mut self, name: &str, value: &str);
     /// The prepared-statement record of the attached connection.
     fn statements(&mut self) -> &mut dyn ServerStatements;
+    /// Whether the client's statements are to be looked at for session
+    /// state that cannot follow it (off once the connection is kept).
+    fn watches(&self) -> bool;
+    /// A statement that leaves such state is being sent on the attached
+    /// connection: keep it for the rest of the client's session.
+    fn pin(&mut self, why: PinReason);
 }
 
 pub struct Transaction<'a, A: Attach> {
@@ -439,11 +446,27 @@ impl<'a, A: Attach> Transaction<'a, A> {
                     if tag == frontend::TERMINATE {
                         return Some(Outcome::ClientTerminated);
                     }
-                    let route = self.rewriter.client_route(tag);
+                    let mut route = self.rewriter.client_route(tag);
+                    let mut unread = false;
+                    // A statement's text must be read whole to be looked
+                    // at, even where the rewriter would stream it.
+                    if route == Route::Stream
+                        && matches!(tag, frontend::QUERY | frontend::PARSE)
+                        && self.attach.watches()
+                    {
+                        if body_len <= MAX_WHOLE {
+                            route = Route::Whole;
+                        } else {
+                            unread = true;
+                        }
+                    }
                     if route != Route::Drop {
                         if let Err(r) = self.ensure_attached() {
                             return Some(Outcome::Refused(r.0));
                         }
+                    }
+                    if unread {
+                        self.attach.pin(PinReason::Unread);
                     }
                     match route {
                         Route::Stream => {
@@ -513,15 +536,31 @@ impl<'a, A: Attach> Transaction<'a, A> {
             ..
         } = self;
         let body = body.bytes(cin, &cside.gathered);
-        let result = rewriter
-            .client_message(
+        if matches!(tag, frontend::QUERY | frontend::PARSE) && attach.watches() {
+            let text = if tag == frontend::QUERY {
+                Some(session_sql::query_text(body))
+            } else {
+                session_sql::parse_query(body)
+            };
+            if let Some(why) = text.and_then(session_sql::pin_reason) {
+                attach.pin(why);
+            }
+        }
+        let result = if rewriter.is_pass_through() {
+            // Gathered only to be looked at: passed on as it came.
+            rewriter.client_streamed(tag).map(|()| {
+                protocol::write_message(&mut to_server.buf, tag, |b| b.extend_from_slice(body))
+            })
+        } else {
+            rewriter.client_message(
                 tag,
                 body,
                 attach.statements(),
                 &mut to_server.buf,
                 &mut to_client.buf,
             )
-            .map_err(|e| Refusal(ErrorResponse::fatal(e.sqlstate(), e.to_string())));
+        }
+        .map_err(|e| Refusal(ErrorResponse::fatal(e.sqlstate(), e.to_string())));
         cside.gathered.clear();
         result
     }

@@ -459,6 +459,7 @@ impl Supervisor {
             server: primary.name.clone(),
             servers,
             clients: self.workers.len(),
+            pinned: self.segment.pinned(),
             max_connections: slots.len(),
             connections: Connections {
                 total: slots.len() - counts[0],

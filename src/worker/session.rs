@@ -258,6 +258,7 @@ impl<'a> Session<'a> {
             secret: self.secret,
             held: None,
             pinned,
+            state_pinned: false,
             statements: SlotStatements { slot: None },
         };
         let rewriter = if main.max_prepared_statements > 0 {

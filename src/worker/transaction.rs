@@ -2,7 +2,9 @@
 //! transaction, with the client's parameters and cancel key moved along.
 //! A connection that may not be shared (relayed SCRAM login) is pinned: it
 //! stays with its client for the whole session and is closed when the
-//! client leaves.
+//! client leaves. So is one the client has left session state on that
+//! cannot follow it (see `pipeline::session_sql`); that one is reset with
+//! `DISCARD ALL` when the client leaves and goes back to the pool.
 
 use std::os::fd::{BorrowedFd, RawFd};
 
@@ -12,6 +14,7 @@ use super::{Context, WorkerError};
 use crate::auth::Admission;
 use crate::pipeline::params::{self, Params};
 use crate::pipeline::prepared::{self, ServerStatements};
+use crate::pipeline::session_sql::PinReason;
 use crate::pipeline::transaction::Attach;
 use crate::pool::{self, Verdict, Want};
 use crate::protocol::{sqlstate, ErrorResponse, StartupMessage};
@@ -32,9 +35,12 @@ pub struct WorkerAttach<'a> {
     /// Secret half of the client's cancel key.
     pub secret: i32,
     /// The connection attached now, if any.
-    pub held: Option<usize>,
+    pub held: Option<Held>,
     /// A connection kept for this client between transactions.
     pub pinned: Option<Held>,
+    /// `pinned` holds session state of the client's (counted in the
+    /// segment until the client leaves or the connection is lost).
+    pub state_pinned: bool,
     pub statements: SlotStatements<'a>,
 }
 
@@ -84,23 +90,46 @@ impl WorkerAttach<'_> {
     fn close(&mut self, index: usize) {
         if self.pinned.is_some_and(|p| p.index == index) {
             self.pinned = None;
+            self.unpinned();
         }
         self.sockets.forget(index);
         pool::check_in(self.ctx.segment, index, self.me, Verdict::Dirty);
     }
+
+    fn unpinned(&mut self) {
+        if std::mem::take(&mut self.state_pinned) {
+            self.ctx.segment.pin_removed();
+        }
+    }
 }
 
 impl Drop for WorkerAttach<'_> {
-    /// The client left: a connection still attached is in no known state,
-    /// and a pinned one goes with its client.
+    /// The client left: a connection still attached is in no known state;
+    /// a pinned one that may not be shared goes with its client, one
+    /// pinned by the client's session state is reset for the next.
     fn drop(&mut self) {
-        if let Some(index) = self.held.take() {
-            self.ctx.segment.slots()[index].set_client_key(0);
-            self.close(index);
+        if let Some(held) = self.held.take() {
+            self.ctx.segment.slots()[held.index].set_client_key(0);
+            self.close(held.index);
         }
         if let Some(pinned) = self.pinned.take() {
-            pool::check_in(self.ctx.segment, pinned.index, self.me, Verdict::Clean);
+            let slot = &self.ctx.segment.slots()[pinned.index];
+            let verdict = if self.state_pinned && pool::may_be_shared(slot) {
+                // SAFETY: the slot's socket, open while we hold the slot.
+                let server = unsafe { BorrowedFd::borrow_raw(pinned.fd) };
+                let timeout = super::attach::connect_timeout(self.ctx);
+                if crate::server::session::reset(server, slot, timeout) {
+                    Verdict::Clean
+                } else {
+                    self.sockets.forget(pinned.index);
+                    Verdict::ResetFailed
+                }
+            } else {
+                Verdict::Clean
+            };
+            pool::check_in(self.ctx.segment, pinned.index, self.me, verdict);
         }
+        self.unpinned();
     }
 }
 
@@ -140,7 +169,7 @@ impl Attach for WorkerAttach<'_> {
     fn attach(&mut self) -> Result<RawFd, ErrorResponse> {
         match self.get() {
             Ok(held) => {
-                self.held = Some(held.index);
+                self.held = Some(held);
                 self.statements.slot = Some(&self.ctx.segment.slots()[held.index]);
                 Ok(held.fd)
             }
@@ -155,7 +184,7 @@ impl Attach for WorkerAttach<'_> {
 
     fn detach(&mut self, clean: bool) {
         self.statements.slot = None;
-        let Some(index) = self.held.take() else {
+        let Some(Held { index, .. }) = self.held.take() else {
             return;
         };
         self.ctx.segment.slots()[index].set_client_key(0);
@@ -172,9 +201,31 @@ impl Attach for WorkerAttach<'_> {
 
     fn parameter(&mut self, name: &str, value: &str) {
         self.desired.set(name, value);
-        if let Some(index) = self.held {
-            let slot = &self.ctx.segment.slots()[index];
+        if let Some(held) = self.held {
+            let slot = &self.ctx.segment.slots()[held.index];
             slot.set_startup(&params::startup_with(&slot.startup(), name, value));
         }
+    }
+
+    fn watches(&self) -> bool {
+        self.ctx.config.main.pin_session_state && self.pinned.is_none()
+    }
+
+    fn pin(&mut self, why: PinReason) {
+        let Some(held) = self.held else {
+            return;
+        };
+        if self.pinned.is_some() {
+            return;
+        }
+        self.pinned = Some(held);
+        self.state_pinned = true;
+        self.ctx.segment.pin_added();
+        log::info!(
+            "{}/{}: keeps its connection (backend {}) until it leaves: {why}",
+            self.user,
+            self.database,
+            self.ctx.segment.slots()[held.index].backend_pid()
+        );
     }
 }

@@ -20,8 +20,9 @@
 //! * a Close of a statement does not close portals already bound from it;
 //! * a client that has more than `max_client_statements` names loses the
 //!   least recently used one ("does not exist" on its next Bind);
-//! * SQL-level `PREPARE` / `EXECUTE` are passed through untouched and so
-//!   only work within one transaction; `DEALLOCATE name` of a name the
+//! * SQL-level `PREPARE` / `EXECUTE` are passed through untouched (a
+//!   `PREPARE` pins the client to its connection, see `session_sql`, or
+//!   works only within one transaction when pinning is off); `DEALLOCATE name` of a name the
 //!   client prepared with Parse is answered here, and `DEALLOCATE ALL` /
 //!   `DISCARD ALL` forget every name, but only when sent alone as a simple
 //!   query (no comments, no other statement in the same query string);

@@ -141,6 +141,11 @@ impl Rewriter {
         }
     }
 
+    /// Made by [`Rewriter::pass_through`].
+    pub fn is_pass_through(&self) -> bool {
+        self.pass_through
+    }
+
     pub fn statements(&self) -> &ClientStatements {
         &self.names
     }

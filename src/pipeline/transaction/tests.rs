@@ -14,6 +14,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::SigSet;
 
 use super::*;
+use crate::pipeline::session_sql::PinReason;
 use crate::protocol::extended::{Bind, Parse, Query, Target};
 use crate::protocol::framer::frames;
 use crate::protocol::message::write_message;
@@ -90,6 +91,8 @@ struct OneServer {
     attached: bool,
     detaches: Vec<bool>,
     record: Record,
+    watch: bool,
+    pins: Vec<PinReason>,
 }
 
 impl Attach for &mut OneServer {
@@ -107,13 +110,26 @@ impl Attach for &mut OneServer {
     fn statements(&mut self) -> &mut dyn ServerStatements {
         &mut self.record
     }
+    fn watches(&self) -> bool {
+        self.watch && self.pins.is_empty()
+    }
+    fn pin(&mut self, why: PinReason) {
+        assert!(self.attached, "pinned while not attached");
+        self.pins.push(why);
+    }
 }
 
 /// A simple query, a named statement prepared and described, bound and
 /// executed, then closed: four requests answered by ReadyForQuery.
 fn client_script() -> Vec<u8> {
+    script_with(b"select 1")
+}
+
+/// `client_script` with another first query; the scripted server answers
+/// any query alike.
+fn script_with(sql: &[u8]) -> Vec<u8> {
     let mut s = Vec::new();
-    Query { sql: b"select 1" }.write(&mut s);
+    Query { sql }.write(&mut s);
     Parse {
         name: b"s1",
         text: b"select $1\0\0\0",
@@ -148,6 +164,17 @@ fn wait_for(mut cond: impl FnMut() -> bool) {
 /// Runs the script cut at `cut`; returns the tags the client got and the
 /// pump's detaches.
 fn run(rewriter: Rewriter, cut: usize) -> (Vec<u8>, Vec<bool>, Outcome) {
+    let (got, one, outcome) = run_watched(rewriter, cut, None);
+    (got, one.detaches, outcome)
+}
+
+/// `run`, with the client's statements looked at for session state when
+/// `sql` (the first query) is given.
+fn run_watched(
+    rewriter: Rewriter,
+    cut: usize,
+    sql: Option<&'static [u8]>,
+) -> (Vec<u8>, OneServer, Outcome) {
     let (mut client, client_end) = UnixStream::pair().unwrap();
     let (server_end, server) = UnixStream::pair().unwrap();
     client_end.set_nonblocking(true).unwrap();
@@ -159,7 +186,7 @@ fn run(rewriter: Rewriter, cut: usize) -> (Vec<u8>, Vec<bool>, Outcome) {
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
     let client_thread = thread::spawn(move || {
-        let script = client_script();
+        let script = sql.map_or_else(client_script, script_with);
         client.write_all(&script[..cut]).unwrap();
         // Only once the pump has read the first piece does the second go
         // out, so the cut is a cut between two reads.
@@ -191,6 +218,8 @@ fn run(rewriter: Rewriter, cut: usize) -> (Vec<u8>, Vec<bool>, Outcome) {
         attached: false,
         detaches: Vec::new(),
         record: Record::default(),
+        watch: sql.is_some(),
+        pins: Vec::new(),
     };
     let stop = AtomicBool::new(false);
     let mask = SigSet::empty();
@@ -198,7 +227,7 @@ fn run(rewriter: Rewriter, cut: usize) -> (Vec<u8>, Vec<bool>, Outcome) {
     let got = client_thread.join().expect("the client got its answers");
     drop(server_end);
     server_thread.join().unwrap();
-    (got, one.detaches, outcome)
+    (got, one, outcome)
 }
 
 fn every_cut(make: impl Fn() -> Rewriter) {
@@ -225,4 +254,26 @@ fn statements_renamed_whatever_the_cut() {
 #[test]
 fn names_passed_through_whatever_the_cut() {
     every_cut(Rewriter::pass_through);
+}
+
+/// Looking at statements changes nothing on the wire, whether the
+/// rewriter gathers messages or streams them, wherever the input is cut;
+/// a statement that leaves session state pins once, while attached.
+#[test]
+fn statements_looked_at_whatever_the_cut() {
+    let makes: [fn() -> Rewriter; 2] = [|| Rewriter::new(10, [1, 2]), Rewriter::pass_through];
+    for make in makes {
+        for (sql, want) in [
+            (&b"select 1"[..], vec![]),
+            (&b"LISTEN x"[..], vec![PinReason::Listen]),
+        ] {
+            let len = script_with(sql).len();
+            for cut in 0..=len {
+                let (got, one, outcome) = run_watched(make(), cut, Some(sql));
+                assert_eq!(got, DIRECT, "cut at {cut}");
+                assert!(matches!(outcome, Outcome::ClientTerminated), "{outcome:?}");
+                assert_eq!(one.pins, want, "cut at {cut}");
+            }
+        }
+    }
 }
