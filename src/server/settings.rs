@@ -10,10 +10,11 @@
 //! The tracked parameters (`pipeline::params::TRACKED`) a client names at
 //! start-up are login settings like any other: `RESET DateStyle` must
 //! return to the client's start-up value, which only a login can make the
-//! session's default. `application_name` alone is left out of the login
-//! and the hash: clients name it all the time (psql, every driver), it
-//! changes no query's result, and pgcorral sets it per client on whatever
-//! connection it is given, so it does not split the pool.
+//! session's default. `application_name` alone is left out of the hash:
+//! clients name it all the time (psql, every driver), it changes no
+//! query's result, and pgcorral sets it per client on whatever connection
+//! it is given, so it does not split the pool. It is still sent at login,
+//! so that the next client of the same program needs no `SET` for it.
 
 /// Start-up parameters that are pgcorral's business, not the server's:
 /// identity is sent separately, protocol options are negotiated by
@@ -94,19 +95,18 @@ fn escape(word: &str) -> String {
     out
 }
 
-/// Set per client after login, never part of one (see the module
-/// documentation).
-fn set_after_login(name: &str) -> bool {
+/// Not part of the hash (see the module documentation).
+fn shared_across_logins(name: &str) -> bool {
     name.eq_ignore_ascii_case("application_name")
 }
 
 /// The start-up parameters a server connection for this client is opened
-/// with: everything forwarded except `application_name`, also when it
-/// comes as a `-c` setting in `options`.
+/// with: everything forwarded, `options` rewritten into canonical
+/// `-c name=value` words.
 pub fn login_params(params: &[(String, String)]) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for (k, v) in params {
-        if !forwarded(k) || set_after_login(k) {
+        if !forwarded(k) {
             continue;
         }
         if k != "options" {
@@ -115,12 +115,9 @@ pub fn login_params(params: &[(String, String)]) -> Vec<(String, String)> {
         }
         let kept: Vec<String> = items(v)
             .into_iter()
-            .filter_map(|item| match item {
-                Item::Setting(name, _) if set_after_login(&name) => None,
-                Item::Setting(name, value) => {
-                    Some(format!("-c {}", escape(&format!("{name}={value}"))))
-                }
-                Item::Word(w) => Some(escape(&w)),
+            .map(|item| match item {
+                Item::Setting(name, value) => format!("-c {}", escape(&format!("{name}={value}"))),
+                Item::Word(w) => escape(&w),
             })
             .collect();
         if !kept.is_empty() {
@@ -140,12 +137,16 @@ pub fn hash(key: [u64; 2], params: &[(String, String)]) -> u64 {
     let mut settings = Vec::new();
     let mut switches = Vec::new();
     for (k, v) in login_params(params) {
+        if shared_across_logins(&k) {
+            continue;
+        }
         if k != "options" {
             settings.push((k.to_ascii_lowercase(), v));
             continue;
         }
         for item in items(&v) {
             match item {
+                Item::Setting(name, _) if shared_across_logins(&name) => {}
                 Item::Setting(name, value) => settings.push((name.to_ascii_lowercase(), value)),
                 Item::Word(w) => switches.push(w),
             }
@@ -192,14 +193,20 @@ mod tests {
     }
 
     #[test]
-    fn application_name_neither_logs_in_nor_splits_the_pool() {
+    fn application_name_logs_in_but_does_not_split_the_pool() {
         let client = p(&[
             ("user", "u"),
             ("database", "d"),
             ("application_name", "psql"),
             ("options", "-c application_name=x"),
         ]);
-        assert!(login_params(&client).is_empty());
+        assert_eq!(
+            login_params(&client),
+            p(&[
+                ("application_name", "psql"),
+                ("options", "-c application_name=x")
+            ])
+        );
         assert_eq!(hash(KEY, &client), hash(KEY, &[]));
     }
 
