@@ -10,11 +10,13 @@
 //! The tracked parameters (`pipeline::params::TRACKED`) a client names at
 //! start-up are login settings like any other: `RESET DateStyle` must
 //! return to the client's start-up value, which only a login can make the
-//! session's default. `application_name` alone is left out of the hash:
-//! clients name it all the time (psql, every driver), it changes no
-//! query's result, and pgcorral sets it per client on whatever connection
-//! it is given, so it does not split the pool. It is still sent at login,
-//! so that the next client of the same program needs no `SET` for it.
+//! session's default. `application_name` and `client_encoding` are left
+//! out of the hash: nearly every client names them (psql, every driver,
+//! each with its own value), they change no query's result, and pgcorral
+//! sets the client's value on whatever connection it is given, so they do
+//! not split the pool (a prefilled connection, opened with no settings,
+//! must serve a driver that names its encoding). They are still sent at
+//! login, so that the next client of the same program needs no `SET`.
 
 /// Start-up parameters that are pgcorral's business, not the server's:
 /// identity is sent separately, protocol options are negotiated by
@@ -97,7 +99,7 @@ fn escape(word: &str) -> String {
 
 /// Not part of the hash (see the module documentation).
 fn shared_across_logins(name: &str) -> bool {
-    name.eq_ignore_ascii_case("application_name")
+    name.eq_ignore_ascii_case("application_name") || name.eq_ignore_ascii_case("client_encoding")
 }
 
 /// The start-up parameters a server connection for this client is opened
@@ -219,6 +221,9 @@ mod tests {
         ]);
         assert_eq!(login_params(&client), client);
         assert_ne!(hash(KEY, &client), hash(KEY, &[]));
+        // What every driver sends does not split the pool.
+        let driver = p(&[("client_encoding", "UTF8"), ("application_name", "app")]);
+        assert_eq!(hash(KEY, &driver), hash(KEY, &[]));
     }
 
     #[test]
