@@ -113,45 +113,9 @@ impl Params {
     }
 }
 
-/// The `name=value` settings in a startup `options` string. Backslash
-/// escapes a space, as in libpq's PGOPTIONS.
+/// The `name=value` settings in a startup `options` string.
 fn option_settings(options: &str) -> Vec<(String, String)> {
-    let mut words = Vec::new();
-    let mut word = String::new();
-    let mut chars = options.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => {
-                if let Some(n) = chars.next() {
-                    word.push(n);
-                }
-            }
-            c if c.is_whitespace() => {
-                if !word.is_empty() {
-                    words.push(std::mem::take(&mut word));
-                }
-            }
-            c => word.push(c),
-        }
-    }
-    if !word.is_empty() {
-        words.push(word);
-    }
-    let mut out = Vec::new();
-    let mut it = words.into_iter();
-    while let Some(w) = it.next() {
-        let setting = if w == "-c" {
-            it.next()
-        } else if let Some(rest) = w.strip_prefix("-c") {
-            Some(rest.to_string())
-        } else {
-            w.strip_prefix("--").map(str::to_string)
-        };
-        if let Some((k, v)) = setting.as_deref().and_then(|s| s.split_once('=')) {
-            out.push((k.replace('-', "_"), v.to_string()));
-        }
-    }
-    out
+    crate::protocol::options::settings(options)
 }
 
 /// A SQL string literal: doubled quotes, and an E'' literal for

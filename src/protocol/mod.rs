@@ -11,6 +11,7 @@ pub mod extended;
 pub mod framer;
 pub mod frontend;
 pub mod message;
+pub mod options;
 pub mod sqlstate;
 pub mod startup;
 pub mod tag;
