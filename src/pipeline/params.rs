@@ -63,7 +63,7 @@ impl Params {
         for Frame { tag, body } in frames(blob) {
             if tag == backend::PARAMETER_STATUS {
                 if let Ok((k, v)) = protocol::parse_parameter_status(body) {
-                    p.set(&k, &v);
+                    p.set(k, v);
                 }
             }
         }
@@ -73,6 +73,11 @@ impl Params {
     /// Tracked values from a client's startup packet. Settings in
     /// `options` (`-c name=value`, `--name=value`) win over the plain
     /// parameters, as PostgreSQL applies them afterwards.
+    ///
+    /// `application_name` is the one login value that may be another
+    /// client's (it does not split the pool, `server::settings`): a
+    /// client that named none expects PostgreSQL's default, the empty
+    /// name, not that one.
     pub fn from_client(params: &[(String, String)]) -> Self {
         let mut p = Params::default();
         for (k, v) in params {
@@ -87,30 +92,42 @@ impl Params {
                 }
             }
         }
+        if p.get("application_name").is_none() {
+            p.set("application_name", "");
+        }
         p
     }
 
-    /// Fills names this set lacks from `other`.
-    pub fn or(mut self, other: &Params) -> Self {
-        for (k, v) in &other.values {
-            if self.get(k).is_none() {
-                self.set(k, v);
-            }
-        }
-        self
-    }
-
-    /// SET statements that turn `current` into `self`, in one query string;
-    /// `None` when nothing differs. Names not known in `current` are set too.
-    pub fn differences(&self, current: &Params) -> Option<String> {
+    /// SET statements, in one query string, that give a connection the
+    /// values this client expects: its own for the names it has, the
+    /// connection's login values for the others (so a value another client
+    /// SET is undone). `login` and `current` are the connection's start-up
+    /// messages as at login and as they are now. `None` when nothing
+    /// differs. Runs at every attach, so it compares bytes in place.
+    pub fn differences(&self, login: &[u8], current: &[u8]) -> Option<String> {
         let mut sql = String::new();
-        for (k, v) in &self.values {
-            if current.get(k) != Some(v.as_str()) {
-                sql.push_str(&format!("SET {k} TO {};", quote_literal(v)));
+        for name in TRACKED {
+            let want = match self.get(name) {
+                Some(v) => v.as_bytes(),
+                None => match reported(login, name) {
+                    Some(v) => v,
+                    None => continue,
+                },
+            };
+            if reported(current, name) != Some(want) {
+                let value = String::from_utf8_lossy(want);
+                sql.push_str(&format!("SET {name} TO {};", quote_literal(&value)));
             }
         }
         (!sql.is_empty()).then_some(sql)
     }
+}
+
+/// The value start-up messages report for a tracked name.
+fn reported<'a>(blob: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    frames(blob)
+        .filter(|f| f.tag == backend::PARAMETER_STATUS)
+        .find_map(|f| protocol::parameter_status_value(f.body, name))
 }
 
 /// The `name=value` settings in a startup `options` string.
@@ -185,33 +202,45 @@ mod tests {
         let mut want = Params::default();
         want.set("TimeZone", "Europe/Paris");
         want.set("application_name", "it's");
-        let mut have = Params::default();
-        have.set("TimeZone", "UTC");
-        have.set("application_name", "it's");
+        let login = blob(&[("TimeZone", "UTC"), ("application_name", "it's")]);
         assert_eq!(
-            want.differences(&have).as_deref(),
+            want.differences(&login, &login).as_deref(),
             Some("SET TimeZone TO 'Europe/Paris';")
         );
-        have.set("TimeZone", "Europe/Paris");
-        assert_eq!(want.differences(&have), None);
+        let now = startup_with(&login, "TimeZone", "Europe/Paris");
+        assert_eq!(want.differences(&login, &now), None);
         let mut evil = Params::default();
         evil.set("application_name", "x'; drop table t; --\\");
         assert_eq!(
-            evil.differences(&Params::default()).as_deref(),
+            evil.differences(&[], &[]).as_deref(),
             Some("SET application_name TO E'x''; drop table t; --\\\\';")
         );
     }
 
     #[test]
-    fn client_values_win_and_the_rest_come_from_the_server() {
-        let server = Params::from_startup(&blob(&[("TimeZone", "UTC"), ("DateStyle", "ISO, MDY")]));
+    fn client_values_win_and_the_rest_come_from_the_login() {
+        let login = blob(&[("TimeZone", "UTC"), ("DateStyle", "ISO, MDY")]);
         let client = Params::from_client(&[
             ("timezone".to_string(), "Asia/Tokyo".to_string()),
             ("user".to_string(), "u".to_string()),
         ]);
-        let want = client.or(&server);
-        assert_eq!(want.get("TimeZone"), Some("Asia/Tokyo"));
-        assert_eq!(want.get("DateStyle"), Some("ISO, MDY"));
+        // Another client's SET DateStyle is still on the connection.
+        let now = startup_with(&login, "DateStyle", "German");
+        assert_eq!(
+            client.differences(&login, &now).as_deref(),
+            Some("SET application_name TO '';SET DateStyle TO 'ISO, MDY';SET TimeZone TO 'Asia/Tokyo';")
+        );
+        // Names no blob reports are set only when the client has them.
+        assert_eq!(client.get("application_name"), Some(""));
+        let both = startup_with(
+            &startup_with(&now, "TimeZone", "Asia/Tokyo"),
+            "DateStyle",
+            "ISO, MDY",
+        );
+        assert_eq!(
+            client.differences(&login, &both).as_deref(),
+            Some("SET application_name TO '';")
+        );
     }
 
     #[test]

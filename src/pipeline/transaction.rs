@@ -665,7 +665,7 @@ impl<'a, A: Attach> Transaction<'a, A> {
         match tag {
             backend::PARAMETER_STATUS => {
                 if let Ok((k, v)) = protocol::parse_parameter_status(body) {
-                    attach.parameter(&k, &v);
+                    attach.parameter(k, v);
                 }
             }
             backend::ERROR_RESPONSE if is_fatal_or_panic(body) => *server_fatal = true,

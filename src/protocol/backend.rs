@@ -109,12 +109,23 @@ pub fn parameter_status(out: &mut Vec<u8>, name: &str, value: &str) {
     });
 }
 
-pub fn parse_parameter_status(body: &[u8]) -> Result<(String, String), ProtocolError> {
+/// Borrowed: the tracked-parameter code reads every ParameterStatus of a
+/// connection's start-up messages at each attach and keeps only a few.
+pub fn parse_parameter_status(body: &[u8]) -> Result<(&str, &str), ProtocolError> {
     let mut r = BodyReader::named(body, "ParameterStatus");
-    let name = r.read_cstr()?.to_owned();
-    let value = r.read_cstr()?.to_owned();
+    let name = r.read_cstr()?;
+    let value = r.read_cstr()?;
     r.finish()?;
     Ok((name, value))
+}
+
+/// The value of a ParameterStatus body if it reports `name`, spelled as
+/// the server spells it. Bytes, unchecked: for comparing start-up messages
+/// at every attach without decoding every parameter in them.
+pub fn parameter_status_value<'a>(body: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    let rest = body.strip_prefix(name.as_bytes())?.strip_prefix(b"\0")?;
+    let (value, end) = rest.split_at(rest.iter().position(|&b| b == 0)?);
+    (end.len() == 1).then_some(value)
 }
 
 pub fn backend_key_data(out: &mut Vec<u8>, process_id: i32, secret_key: i32) {
@@ -273,9 +284,16 @@ mod tests {
         assert_eq!(body, b"client_encoding\0UTF8\0");
         assert_eq!(
             parse_parameter_status(&body).unwrap(),
-            ("client_encoding".to_string(), "UTF8".to_string())
+            ("client_encoding", "UTF8")
         );
         assert!(parse_parameter_status(b"a\0").is_err());
+        assert_eq!(
+            parameter_status_value(&body, "client_encoding"),
+            Some(&b"UTF8"[..])
+        );
+        assert_eq!(parameter_status_value(&body, "client"), None);
+        assert_eq!(parameter_status_value(b"a\0b\0c", "a"), None);
+        assert_eq!(parameter_status_value(b"a\0b", "a"), None);
         assert!(parse_parameter_status(b"a\0b\0c").is_err());
     }
 

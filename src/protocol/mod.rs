@@ -18,8 +18,8 @@ pub mod tag;
 
 pub use backend::{
     authentication_ok, backend_key_data, negotiate_protocol_version, parameter_status,
-    parse_authentication, parse_backend_key_data, parse_parameter_status, ready_for_query,
-    ssl_refused, AuthRequest,
+    parameter_status_value, parse_authentication, parse_backend_key_data, parse_parameter_status,
+    ready_for_query, ssl_refused, AuthRequest,
 };
 pub use error_response::{is_fatal_or_panic, ErrorResponse};
 pub use frontend::{password_message, query, sync, terminate};

@@ -41,7 +41,7 @@ pub fn sync_params(
     desired: &Params,
     timeout: Duration,
 ) -> Result<(), SessionError> {
-    let Some(sql) = desired.differences(&Params::from_startup(&slot.startup())) else {
+    let Some(sql) = desired.differences(&slot.login(), &slot.startup()) else {
         return Ok(());
     };
     let answer = run_idle(server, slot, &sql, timeout)?;
@@ -94,7 +94,7 @@ fn run_idle(
         match msg.tag {
             backend::PARAMETER_STATUS => {
                 if let Ok((k, v)) = protocol::parse_parameter_status(&msg.body) {
-                    slot.set_startup(&params::startup_with(&slot.startup(), &k, &v));
+                    slot.set_startup(&params::startup_with(&slot.startup(), k, v));
                 }
             }
             backend::ERROR_RESPONSE => {

@@ -66,6 +66,31 @@ impl<const N: usize> OwnerBlob<N> {
         let blob = unsafe { &*self.0.get() };
         blob.bytes[..(blob.len as usize).min(N)].to_vec()
     }
+
+    /// A copy on the stack, for small blobs read on every attach and
+    /// check-in, where an allocation would cost more than the bytes.
+    fn get_small(&self) -> SmallCopy<N> {
+        // SAFETY: as in `get`: read by the owner, borrow ends here.
+        let blob = unsafe { &*self.0.get() };
+        let len = (blob.len as usize).min(N);
+        SmallCopy {
+            len,
+            bytes: blob.bytes,
+        }
+    }
+}
+
+/// A blob's bytes copied by value.
+pub struct SmallCopy<const N: usize> {
+    len: usize,
+    bytes: [u8; N],
+}
+
+impl<const N: usize> std::ops::Deref for SmallCopy<N> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
 }
 
 impl Slot {
@@ -88,8 +113,8 @@ impl Slot {
     }
 
     /// The authentication proof. Owner only.
-    pub fn proof(&self) -> Vec<u8> {
-        self.proof.get()
+    pub fn proof(&self) -> SmallCopy<PROOF_CAPACITY> {
+        self.proof.get_small()
     }
 
     /// The connection's current start-up messages. Owner only.

@@ -110,11 +110,11 @@ fn startup_blob_round_trips_and_rejects_oversize() {
 fn proof_round_trips_and_rejects_oversize() {
     let s = fresh();
     assert!(s.set_proof(&[7; PROOF_CAPACITY]));
-    assert_eq!(s.proof(), &[7; PROOF_CAPACITY]);
+    assert_eq!(&*s.proof(), &[7; PROOF_CAPACITY]);
     assert!(!s.set_proof(&[8; PROOF_CAPACITY + 1]));
-    assert_eq!(s.proof(), &[7; PROOF_CAPACITY]);
+    assert_eq!(&*s.proof(), &[7; PROOF_CAPACITY]);
     assert!(s.set_proof(b"p"));
-    assert_eq!(s.proof(), b"p");
+    assert_eq!(&*s.proof(), b"p");
 }
 
 /// Forked processes hammer four slots through the pool's take/release

@@ -60,21 +60,11 @@ pub fn acquire(
             break held;
         }
     };
-    // A value another client SET is in the slot's current parameters
-    // only, so the login values undo it. `application_name` is the one
-    // login value that may be another client's (it does not split the
-    // pool, `server::settings`): a client that named none gets
-    // PostgreSQL's default, the empty name, not that one.
     let slot = &ctx.segment.slots()[held.index];
-    let mut desired = req.desired.clone();
-    if desired.get("application_name").is_none() {
-        desired.set("application_name", "");
-    }
-    let desired = desired.or(&Params::from_startup(&slot.login()));
     // SAFETY: the slot's socket, open while we hold the slot (`Held`).
     let server = unsafe { BorrowedFd::borrow_raw(held.fd) };
     let timeout = attach::connect_timeout(ctx);
-    if let Err(e) = server::session::sync_params(server, slot, &desired, timeout) {
+    if let Err(e) = server::session::sync_params(server, slot, req.desired, timeout) {
         sockets.forget(held.index);
         pool::check_in(ctx.segment, held.index, me, Verdict::Dirty);
         return Err(WorkerError::ParameterSync(e));

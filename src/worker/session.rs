@@ -255,6 +255,7 @@ impl<'a> Session<'a> {
             admission: &self.admission,
             sockets: std::mem::take(&mut self.sockets),
             desired,
+            settings: server::settings::hash(self.ctx.statement_key, &self.startup.params),
             secret: self.secret,
             held: None,
             pinned,

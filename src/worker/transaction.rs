@@ -32,6 +32,8 @@ pub struct WorkerAttach<'a> {
     /// The tracked parameters the client named at start-up or has set
     /// since; the others are the attached connection's login values.
     pub desired: Params,
+    /// The pool key of the client's login settings (`server::settings`).
+    pub settings: u64,
     /// Secret half of the client's cancel key.
     pub secret: i32,
     /// The connection attached now, if any.
@@ -61,10 +63,7 @@ impl WorkerAttach<'_> {
                         database: &self.database,
                         user: &self.user,
                         limit: self.limit,
-                        settings: crate::server::settings::hash(
-                            self.ctx.statement_key,
-                            &self.startup.params,
-                        ),
+                        settings: self.settings,
                     },
                     startup: self.startup,
                     login,
