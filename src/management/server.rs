@@ -10,6 +10,7 @@ use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use super::message::{self, Header, Id, HEADER_LEN};
 use super::transfer::{self, TransferError, MAX_FDS};
 use super::ManagementError;
+use crate::sys::scm::ScmError;
 
 /// Bytes read from one connection per readiness event; a peer that sends
 /// more is served again at the next turn of the event loop, so a flood on
@@ -99,7 +100,9 @@ impl Connection {
                     self.parse(out)?;
                 }
                 Err(TransferError::Eof) => return Ok(ReadState::Closed),
-                Err(TransferError::Recv(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                Err(TransferError::Scm(ScmError::Recv(e)))
+                    if e.kind() == io::ErrorKind::WouldBlock =>
+                {
                     return Ok(ReadState::Open)
                 }
                 Err(e) => return Err(e.into()),
@@ -153,7 +156,11 @@ impl Connection {
         while self.pending() {
             match transfer::send_once(self.stream.as_fd(), &self.outbuf[self.out_at..], None) {
                 Ok(n) => self.out_at += n,
-                Err(TransferError::Send(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(TransferError::Scm(ScmError::Send(e)))
+                    if e.kind() == io::ErrorKind::WouldBlock =>
+                {
+                    break
+                }
                 Err(e) => return Err(e.into()),
             }
         }

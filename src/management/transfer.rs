@@ -1,7 +1,6 @@
 //! Management messages with file descriptors attached (SCM_RIGHTS), over
 //! the system-call layer's `scm`.
 
-use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
 
 use crate::sys::scm::{self, ScmError};
@@ -12,27 +11,11 @@ pub const MAX_FDS: usize = scm::MAX_FDS;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
-    #[error("sendmsg: {0}")]
-    Send(#[source] io::Error),
-    #[error("recvmsg: {0}")]
-    Recv(#[source] io::Error),
-    #[error("ancillary data was truncated (MSG_CTRUNC): descriptors were lost")]
-    Truncated,
     #[error("peer closed the connection")]
     Eof,
+    /// The socket calls' own failures, with the descriptors' fate.
     #[error(transparent)]
-    Scm(ScmError),
-}
-
-impl From<ScmError> for TransferError {
-    fn from(e: ScmError) -> Self {
-        match e {
-            ScmError::Send(e) => TransferError::Send(e),
-            ScmError::Recv(e) => TransferError::Recv(e),
-            ScmError::Truncated => TransferError::Truncated,
-            other => TransferError::Scm(other),
-        }
-    }
+    Scm(#[from] ScmError),
 }
 
 /// Writes all of `bytes`, attaching `fd` to the first byte. Blocking sockets
@@ -45,7 +28,7 @@ pub fn send(
 ) -> Result<(), TransferError> {
     let sent = send_once(sock, bytes, fd)?;
     if sent < bytes.len() {
-        crate::sys::io::write_all(sock, &bytes[sent..]).map_err(TransferError::Send)?;
+        crate::sys::io::write_all(sock, &bytes[sent..]).map_err(ScmError::Send)?;
     }
     Ok(())
 }
@@ -65,7 +48,7 @@ pub fn send_once(
 
 /// One recvmsg call into `buf`; descriptors that arrive are appended to
 /// `fds` as owned (close-on-exec) descriptors. Returns the byte count;
-/// `WouldBlock` comes back as `TransferError::Recv` with that kind.
+/// `WouldBlock` comes back as `ScmError::Recv` with that kind.
 pub fn recv(
     sock: BorrowedFd<'_>,
     buf: &mut [u8],
