@@ -77,8 +77,8 @@ fn target(slot: &Slot, process_id: i32, secret: i32) -> Option<(i32, i32)> {
     let key = slot.client_key();
     let told = told_pid(slot.client_pid(), owner);
     let backend = slot.backend();
-    // A secret of 0 is no client's: it marks a slot whose holder has not
-    // (or no longer) a client key.
+    // A secret of 0 is no client's: it marks a slot whose holder has no
+    // client key (yet, or any more).
     let matched = (state == SlotState::InUse) & (told == process_id) & (key == secret) & (key != 0);
     // Re-check: the slot may have changed hands, or its client or its
     // connection changed, while we read it.
