@@ -18,7 +18,7 @@
 //!
 //! * atomics: state and owner, generation, key, limit, server and epoch,
 //!   backend pid and key (one word, read together by cancel routing),
-//!   client key, flags, timestamps, login settings;
+//!   client pid and key, flags, timestamps, login settings;
 //! * a seqlock (`Names`): database and user, read by `status`,
 //!   `flush DB` and the slot listing while a worker may be rewriting them;
 //!   a reader retries until it sees one whole write.
@@ -144,8 +144,8 @@ pub struct Slot {
     /// Index (in the configuration's order) of the server the connection
     /// is to; cancels for it go there.
     server: AtomicU32,
-    /// Secret half of the BackendKeyData the current client was given; the
-    /// process id half is the owner's pid. Lets a CancelRequest find the
+    /// Secret half of the BackendKeyData the current client was given
+    /// (`client_pid` is the other half). Lets a CancelRequest find the
     /// connection its client holds right now, and nothing else.
     client_key: AtomicI32,
     /// `CLOSE_ON_RELEASE`.
@@ -159,7 +159,12 @@ pub struct Slot {
     /// The segment's primary epoch the connection was opened for; a
     /// `switch-to` since then makes it stale (`pool::is_current`).
     epoch: AtomicU32,
-    _reserved: AtomicU32,
+    /// Process id half of the current client's BackendKeyData: the
+    /// backend's pid in the session and performance pipelines, or 0 for
+    /// the owner's pid (the transaction pipeline, and every slot a
+    /// segment of layout 8 held before this field had a use, so that it
+    /// keeps the layout).
+    client_pid: AtomicI32,
     /// Hash of the settings the connection logged in with
     /// (`server::settings::hash`); a pooled connection is given only to a
     /// client with equal settings. Written while the slot is INIT.
@@ -189,7 +194,7 @@ impl Default for Slot {
             created_ms: AtomicU64::new(0),
             last_used_ms: AtomicU64::new(0),
             epoch: AtomicU32::new(0),
-            _reserved: AtomicU32::new(0),
+            client_pid: AtomicI32::new(0),
             settings: AtomicU64::new(0),
             names: Names::empty(),
             prepared: PreparedSet::empty(),
@@ -311,8 +316,24 @@ impl Slot {
         self.client_key.load(Ordering::Acquire)
     }
 
-    /// Owner only: the cancel key of the client now using the connection.
+    /// The process id the current client was told, 0 for the owner's.
+    pub fn client_pid(&self) -> i32 {
+        self.client_pid.load(Ordering::Acquire)
+    }
+
+    /// Owner only: the cancel key of the client now using the connection,
+    /// which was told the owner's pid; 0 for no client.
     pub fn set_client_key(&self, key: i32) {
+        self.set_client_key_for(0, key);
+    }
+
+    /// Owner only: as `set_client_key`, for a client that was told `pid`.
+    /// The pid changes only while the secret is 0, so a reader that sees
+    /// the same non-zero secret before and after reading the pid has read
+    /// the pid that goes with it.
+    pub fn set_client_key_for(&self, pid: i32, key: i32) {
+        self.client_key.store(0, Ordering::Release);
+        self.client_pid.store(pid, Ordering::Release);
         self.client_key.store(key, Ordering::Release);
     }
 

@@ -31,7 +31,12 @@ fn observe(s: &Slot) -> impl PartialEq + std::fmt::Debug {
             s.limit_index(),
             s.server(),
         ),
-        (s.backend(), s.client_key(), s.close_on_release(), s.epoch()),
+        (
+            s.backend(),
+            (s.client_pid(), s.client_key()),
+            s.close_on_release(),
+            s.epoch(),
+        ),
         (s.created_ms(), s.last_used_ms(), s.settings(), s.identity()),
         (s.startup().to_vec(), s.login().to_vec(), s.proof().to_vec()),
     )

@@ -118,7 +118,10 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// AuthenticationOk, the server's parameters and a cancel key of ours.
+    /// AuthenticationOk, the server's parameters and a cancel key of ours:
+    /// a secret of our own with, where the client keeps this connection
+    /// for its session, the backend's real pid. The connection is attached
+    /// by now, so the pid is the one the whole session runs on.
     pub fn greet(&mut self) -> Result<(), WorkerError> {
         let Some(held) = self.held else {
             return Ok(());
@@ -132,7 +135,8 @@ impl<'a> Session<'a> {
                 return Err(e.into());
             }
         };
-        slot.set_client_key(self.secret);
+        let recorded = cancel::recorded_pid(self.kind(), slot);
+        slot.set_client_key_for(recorded, self.secret);
         // What the server said while a connection opened for this client
         // started comes where PostgreSQL puts it: after AuthenticationOk,
         // before the parameters. A pooled connection's were its first
@@ -143,7 +147,8 @@ impl<'a> Session<'a> {
         if held.fresh {
             out.extend_from_slice(&notices);
         }
-        cancel::startup_for_client(&slot.startup(), self.me, self.secret, &mut out);
+        let told = cancel::told_pid(recorded, self.me);
+        cancel::startup_for_client(&slot.startup(), told, self.secret, &mut out);
         protocol::ready_for_query(&mut out, b'I');
         if let Err(e) = io::write_all(self.client, &out) {
             // The client left before its session began; the connection is
@@ -167,11 +172,17 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
+    /// The pipeline this session runs in; the greeting's cancel key
+    /// depends on it.
+    fn kind(&self) -> PipelineKind {
+        pipeline::resolve(self.ctx.config.main.pipeline).unwrap_or(PipelineKind::Performance)
+    }
+
     /// Runs the configured pipeline until the client leaves.
     pub fn run(mut self) {
         let main = &self.ctx.config.main;
         let connected = Instant::now();
-        let kind = pipeline::resolve(main.pipeline).unwrap_or(PipelineKind::Performance);
+        let kind = self.kind();
         let outcome = if kind == PipelineKind::Transaction {
             self.run_transactions()
         } else {
