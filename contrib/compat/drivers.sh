@@ -141,7 +141,7 @@ venv() { # NAME PIP_ARGS... -> prints the venv directory; installs once
 # Each driver has prepare_<driver> (fetch and install, once) and
 # run_<driver> TARGET_HOST TARGET_PORT OUTDIR, which runs the suite and
 # leaves a JUnit report in OUTDIR/junit.xml. The database "drivers_test"
-# exists on every target and is owned by the superuser postgres.
+# exists on every target, next to postgres; the superuser is postgres.
 
 psycopg_tag=3.3.4
 psycopg_src=""
@@ -171,7 +171,7 @@ asyncpg_src=""
 asyncpg_venv=""
 prepare_asyncpg() {
     asyncpg_src="$(git_source asyncpg MagicStack/asyncpg "v$asyncpg_version")"
-    asyncpg_venv="$(venv asyncpg "asyncpg==$asyncpg_version" pytest pytest-timeout)"
+    asyncpg_venv="$(venv asyncpg "asyncpg==$asyncpg_version" pytest pytest-timeout "distro~=1.9.0")"
 }
 run_asyncpg() { # HOST PORT OUTDIR
     local host="$1" port="$2" out="$3" sel work
@@ -192,7 +192,8 @@ run_asyncpg() { # HOST PORT OUTDIR
     fi
     # With PGHOST set, asyncpg's test base uses the running server instead
     # of starting one of its own (asyncpg/_testbase, RunningCluster).
-    (cd "$work" && PGHOST="$host" PGPORT="$port" PGUSER=postgres PGDATABASE=drivers_test \
+    # Its tests name the database postgres in places, so all of it runs there.
+    (cd "$work" && PGHOST="$host" PGPORT="$port" PGUSER=postgres PGDATABASE=postgres \
         timeout "$suite_timeout" "$asyncpg_venv/bin/python" -m pytest -p no:cacheprovider \
         -o addopts="" --timeout="$per_test_timeout" -q -rN --tb=short \
         --junitxml="$out/junit.xml" "${sel[@]}")
