@@ -190,12 +190,14 @@ run_asyncpg() { # HOST PORT OUTDIR
     if [ -n "$tests_override" ]; then
         read -r -a sel <<<"$tests_override"
     fi
+    # Tracebacks as its own configuration has them: formatting them from
+    # the source can exhaust the parser on deep failures.
     # With PGHOST set, asyncpg's test base uses the running server instead
     # of starting one of its own (asyncpg/_testbase, RunningCluster).
     # Its tests name the database postgres in places, so all of it runs there.
     (cd "$work" && PGHOST="$host" PGPORT="$port" PGUSER=postgres PGDATABASE=postgres \
         timeout "$suite_timeout" "$asyncpg_venv/bin/python" -m pytest -p no:cacheprovider \
-        -o addopts="" --timeout="$per_test_timeout" -q -rN --tb=short \
+        -o addopts="" --timeout="$per_test_timeout" -q -rN --tb=native \
         --junitxml="$out/junit.xml" "${sel[@]}")
 }
 
