@@ -259,6 +259,8 @@ impl<'a> Session<'a> {
             held: None,
             pinned,
             state_pinned: false,
+            settings: Default::default(),
+            settings_changed: false,
             statements: SlotStatements { slot: None },
         };
         let rewriter = if main.max_prepared_statements > 0 {
