@@ -80,6 +80,10 @@ pub struct Findings {
     /// have changed (other than the reported parameters pgcorral carries
     /// from their ParameterStatus).
     pub settings: bool,
+    /// Qualified names (`app.tenant`, lowercased) being set or reset: a
+    /// placeholder setting is hidden from `pg_settings`, so the server is
+    /// asked for these by name.
+    pub custom: Vec<String>,
 }
 
 /// Every finding needs a word containing one of these, so text without
@@ -397,8 +401,8 @@ fn statement(toks: &[Token], found: &mut Findings) {
         _ => None,
     };
     found.settings |= match first {
-        Some("set") => set(&s[1..]),
-        Some("reset") => reset(&s[1..]),
+        Some("set") => set(&s[1..], found),
+        Some("reset") => reset(&s[1..], found),
         Some("discard") => at(1) == Some("all"),
         // What a procedure or a DO block runs is out of sight; the cost of
         // asking the server afterwards is one round trip.
@@ -426,7 +430,7 @@ fn anywhere(s: &[Token], found: &mut Findings) -> Option<PinReason> {
         if called && ADVISORY.contains(&name) {
             pin = pin.or(Some(PinReason::AdvisoryLock));
         }
-        if called && name == "set_config" && set_config_changes(&s[i + 2..]) {
+        if called && name == "set_config" && set_config_changes(&s[i + 2..], found) {
             found.settings = true;
         }
         if matches!(t, Token::Word(_)) && name == "into" {
@@ -445,7 +449,7 @@ fn anywhere(s: &[Token], found: &mut Findings) -> Option<PinReason> {
 /// `set_config(name, value, is_local)` from just after its `(`: a
 /// session-level change unless the scope is plainly `true` or the
 /// parameter one pgcorral carries by its ParameterStatus.
-fn set_config_changes(args: &[Token]) -> bool {
+fn set_config_changes(args: &[Token], found: &mut Findings) -> bool {
     let mut parts: Vec<&[Token]> = Vec::new();
     let (mut depth, mut from) = (0usize, 0usize);
     let mut end = args.len();
@@ -465,44 +469,64 @@ fn set_config_changes(args: &[Token]) -> bool {
         }
     }
     parts.push(&args[from..end.max(from)]);
+    let session = !matches!(parts.get(2), Some([Token::Word(w)]) if w == "true");
     if let [Token::Str(name)] = parts[0] {
-        if params::is_tracked(&String::from_utf8_lossy(name)) {
+        let name = String::from_utf8_lossy(name);
+        if params::is_tracked(&name) {
             return false;
         }
+        if session && name.contains('.') {
+            custom(&name, found);
+        }
     }
-    !matches!(parts.get(2), Some([Token::Word(w)]) if w == "true")
+    session
+}
+
+/// Notes a qualified setting name, if it is one pgcorral can name in a
+/// query without quoting.
+fn custom(name: &str, found: &mut Findings) {
+    let plain = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'$' | b'.'));
+    let name = name.to_ascii_lowercase();
+    if plain && name.len() <= 128 && !found.custom.contains(&name) {
+        found.custom.push(name);
+    }
 }
 
 /// Whether `SET ...` (after the SET) changes a session-level setting.
-fn set(s: &[Token]) -> bool {
+fn set(s: &[Token], found: &mut Findings) -> bool {
     match word(s.first()) {
         // Transaction-scoped.
         Some("local" | "transaction" | "constraints") => false,
         Some("session") => match word(s.get(1)) {
             Some("authorization" | "characteristics") => true,
-            _ => parameter(&s[1..]),
+            _ => parameter(&s[1..], found),
         },
         Some("role") => true,
-        _ => parameter(s),
+        _ => parameter(s, found),
     }
 }
 
 /// Whether `RESET ...` (after the RESET) changes a session-level setting.
-fn reset(s: &[Token]) -> bool {
+fn reset(s: &[Token], found: &mut Findings) -> bool {
     match word(s.first()) {
         Some("all" | "role") => true,
         Some("session") if word(s.get(1)) == Some("authorization") => true,
-        _ => parameter(s),
+        _ => parameter(s, found),
     }
 }
 
 /// A parameter name being set or reset: a change to follow unless
 /// pgcorral carries it by its ParameterStatus.
-fn parameter(s: &[Token]) -> bool {
-    let name = match s.first() {
-        Some(Token::Word(w)) => w.clone(),
-        Some(Token::Quoted(q)) => q.to_ascii_lowercase(),
-        _ => return true,
+fn parameter(s: &[Token], found: &mut Findings) -> bool {
+    let part = |t: Option<&Token>| match t {
+        Some(Token::Word(w)) => Some(w.clone()),
+        Some(Token::Quoted(q)) => Some(q.to_ascii_lowercase()),
+        _ => None,
+    };
+    let Some(name) = part(s.first()) else {
+        return true;
     };
     // `SET TIME ZONE` and `SET NAMES` are the carried TimeZone and
     // client_encoding.
@@ -511,6 +535,11 @@ fn parameter(s: &[Token]) -> bool {
     }
     // A qualified name (`myext.setting`) is never a carried one.
     let qualified = s.get(1) == Some(&Token::Punct(b'.'));
+    if qualified {
+        if let Some(second) = part(s.get(2)) {
+            custom(&format!("{name}.{second}"), found);
+        }
+    }
     qualified || !params::is_tracked(&name)
 }
 

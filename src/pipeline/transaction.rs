@@ -183,8 +183,9 @@ pub trait Attach {
     /// connection: keep it for the rest of the client's session.
     fn pin(&mut self, why: PinReason);
     /// A statement that may change a session-level setting is being sent
-    /// on the attached connection.
-    fn settings_changed(&mut self);
+    /// on the attached connection; `custom` are the qualified names it
+    /// sets, as far as they can be read.
+    fn settings_changed(&mut self, custom: &[String]);
 }
 
 pub struct Transaction<'a, A: Attach> {
@@ -204,6 +205,10 @@ pub struct Transaction<'a, A: Attach> {
     /// The client's request failed before it reached a server: its
     /// messages are dropped up to its Sync.
     skip_to_sync: bool,
+    /// Names of the client's prepared statements whose text may change a
+    /// setting: it runs at a later Bind, perhaps in another transaction
+    /// than its Parse.
+    setting_statements: Vec<Vec<u8>>,
     attach: A,
 }
 
@@ -233,6 +238,7 @@ impl<'a, A: Attach> Transaction<'a, A> {
             wait_mask,
             idle_limit: None,
             skip_to_sync: false,
+            setting_statements: Vec::new(),
             attach,
         }
     }
@@ -532,7 +538,13 @@ impl<'a, A: Attach> Transaction<'a, A> {
                     }
                     if unread {
                         self.attach.pin(PinReason::Unread);
-                        self.attach.settings_changed();
+                        self.attach.settings_changed(&[]);
+                    }
+                    if tag == frontend::BIND
+                        && !self.setting_statements.is_empty()
+                        && self.attach.watches()
+                    {
+                        self.attach.settings_changed(&[]);
                     }
                     match route {
                         Route::Stream => {
@@ -599,6 +611,7 @@ impl<'a, A: Attach> Transaction<'a, A> {
             attach,
             to_server,
             to_client,
+            setting_statements,
             ..
         } = self;
         let body = body.bytes(cin, &cside.gathered);
@@ -613,8 +626,14 @@ impl<'a, A: Attach> Transaction<'a, A> {
                 attach.pin(why);
             }
             if found.settings {
-                attach.settings_changed();
+                attach.settings_changed(&found.custom);
             }
+            if tag == frontend::PARSE {
+                note_statement(setting_statements, body, found.settings);
+            }
+        }
+        if tag == frontend::CLOSE && body.first() == Some(&b'S') {
+            note_statement(setting_statements, &body[1..], false);
         }
         let result = if rewriter.is_pass_through() {
             // Gathered only to be looked at: passed on as it came.
@@ -753,6 +772,16 @@ impl<'a, A: Attach> Transaction<'a, A> {
         };
         sside.gathered.clear();
         result
+    }
+}
+
+/// Records whether the statement named at the start of `body` (a Parse's,
+/// or a Close's after its kind) may change a setting when it runs.
+fn note_statement(names: &mut Vec<Vec<u8>>, body: &[u8], changes: bool) {
+    let name = &body[..body.iter().position(|&b| b == 0).unwrap_or(body.len())];
+    names.retain(|n| n != name);
+    if changes {
+        names.push(name.to_vec());
     }
 }
 

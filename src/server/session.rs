@@ -70,14 +70,17 @@ pub fn reset(server: BorrowedFd<'_>, slot: &Slot, timeout: Duration) -> bool {
     }
 }
 
+/// One row of a result, as text (`None` for NULL).
+pub(super) type Row = Vec<Option<String>>;
+
 /// What the server answered one request (up to its ReadyForQuery).
 #[derive(Debug, Default)]
 pub(super) struct Answer {
     /// The first error.
     pub error: Option<ErrorResponse>,
     pub idle: bool,
-    /// The rows of every result, in order, as text (`None` for NULL).
-    pub rows: Vec<Vec<Option<String>>>,
+    /// The rows of each result, in order, as text (`None` for NULL).
+    pub results: Vec<Vec<Row>>,
 }
 
 /// Sends one simple query on an idle connection and reads up to
@@ -123,7 +126,14 @@ pub(super) fn send_idle(
                     ErrorResponse::error(sqlstate::PROTOCOL_VIOLATION, "unreadable error")
                 }))
             }
-            backend::DATA_ROW => answer.rows.push(data_row(&msg.body)?),
+            backend::ROW_DESCRIPTION => answer.results.push(Vec::new()),
+            backend::DATA_ROW => {
+                let row = data_row(&msg.body)?;
+                match answer.results.last_mut() {
+                    Some(rows) => rows.push(row),
+                    None => answer.results.push(vec![row]),
+                }
+            }
             backend::READY_FOR_QUERY => {
                 answer.idle = msg.body.first() == Some(&b'I');
                 answers.push(std::mem::take(&mut answer));
@@ -136,7 +146,7 @@ pub(super) fn send_idle(
 }
 
 /// The columns of a DataRow, as text.
-fn data_row(body: &[u8]) -> Result<Vec<Option<String>>, ProtocolError> {
+fn data_row(body: &[u8]) -> Result<Row, ProtocolError> {
     let mut r = BodyReader::named(body, "DataRow");
     let count = r.read_i16()?;
     let mut row = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(64));

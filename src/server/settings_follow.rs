@@ -17,7 +17,7 @@
 use std::os::fd::BorrowedFd;
 use std::time::Duration;
 
-use super::session::{run_idle, send_idle, SessionError};
+use super::session::{run_idle, send_idle, Row, SessionError};
 use crate::pipeline::params;
 use crate::protocol::message::{put_cstr, put_i16, put_i32};
 use crate::protocol::tag::frontend;
@@ -31,12 +31,49 @@ use crate::slot::Slot;
 /// Query is one implicit transaction: if any part fails, none of the
 /// resets is kept, and the connection is not given to anyone. Every name
 /// is qualified: the client's `search_path` is still in force.
-const CAPTURE: &str = "SELECT pg_catalog.current_setting('session_authorization'), \
+const CAPTURE_IDENTITY: &str = "SELECT pg_catalog.current_setting('session_authorization'), \
      pg_catalog.current_setting('role'); \
-     RESET SESSION AUTHORIZATION; RESET ROLE; \
-     SELECT name, pg_catalog.current_setting(name) FROM pg_catalog.pg_settings \
-     WHERE source = 'session'; \
-     RESET ALL";
+     RESET SESSION AUTHORIZATION; RESET ROLE; ";
+
+const CAPTURE_SETTINGS: &str = "SELECT name, pg_catalog.current_setting(name) \
+     FROM pg_catalog.pg_settings WHERE source = 'session'; ";
+
+/// At most this many qualified names are asked for by name.
+pub const MAX_CUSTOM: usize = 64;
+
+/// The capture query. Placeholder settings (`app.tenant`, of no loaded
+/// module) are hidden from `pg_settings`, and nothing tells where their
+/// value came from: those the client named are read before and after the
+/// reset, and kept when the reset changed them.
+fn capture_sql(custom: &[String]) -> String {
+    let names: Vec<String> = custom
+        .iter()
+        .filter(|n| {
+            n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'$' | b'.'))
+        })
+        .map(|n| format!("'{n}'"))
+        .collect();
+    let by_name = (!names.is_empty()).then(|| {
+        format!(
+            "SELECT n, pg_catalog.current_setting(n, true) \
+             FROM pg_catalog.unnest(ARRAY[{}]::text[]) AS n",
+            names.join(",")
+        )
+    });
+    let mut sql = String::from(CAPTURE_IDENTITY);
+    sql.push_str(CAPTURE_SETTINGS);
+    if let Some(q) = &by_name {
+        sql.push_str(q);
+        sql.push_str("; ");
+    }
+    sql.push_str("RESET ALL");
+    if let Some(q) = &by_name {
+        sql.push_str("; ");
+        sql.push_str(q);
+    }
+    sql
+}
 
 const RESET: &str = "RESET SESSION AUTHORIZATION; RESET ROLE; RESET ALL";
 
@@ -68,27 +105,37 @@ impl ClientSettings {
         self.entries.retain(|(n, _)| n != name);
     }
 
-    /// The record from the capture's rows: the identity row, then one row
-    /// per setting whose source is the session.
-    fn from_rows(rows: &[Vec<Option<String>>], login_user: &str) -> Self {
-        let mut entries = Vec::new();
-        let mut identity = None;
-        for (i, row) in rows.iter().enumerate() {
-            let (Some(Some(a)), Some(Some(b))) = (row.first(), row.get(1)) else {
-                continue;
-            };
-            if i == 0 {
-                identity = Some((a.clone(), b.clone()));
-            } else if !params::is_tracked(a) {
-                entries.push((a.clone(), b.clone()));
+    /// The record from the capture's results: the identity, the settings
+    /// whose source is the session, and, when asked for, the named ones
+    /// before and after the reset.
+    fn from_results(results: &[Vec<Row>], login_user: &str) -> Self {
+        fn pair(row: &Row) -> Option<(&str, Option<&str>)> {
+            Some((row.first()?.as_deref()?, row.get(1)?.as_deref()))
+        }
+        let mut entries: Vec<(String, String)> = Vec::new();
+        for (name, value) in results.get(1).into_iter().flatten().filter_map(pair) {
+            if let (false, Some(value)) = (params::is_tracked(name), value) {
+                entries.push((name.to_owned(), value.to_owned()));
             }
         }
+        if let (Some(before), Some(after)) = (results.get(2), results.get(3)) {
+            for (row, reset) in before.iter().zip(after) {
+                let (Some((name, Some(value))), Some((_, reset))) = (pair(row), pair(reset)) else {
+                    continue;
+                };
+                let known = entries.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
+                if reset != Some(value) && !known {
+                    entries.push((name.to_owned(), value.to_owned()));
+                }
+            }
+        }
+        let identity = results.first().and_then(|r| r.first()).and_then(pair);
         if let Some((authorization, role)) = identity {
             if authorization != login_user {
-                entries.push(("session_authorization".to_owned(), authorization));
+                entries.push(("session_authorization".to_owned(), authorization.to_owned()));
             }
-            if role != "none" {
-                entries.push(("role".to_owned(), role));
+            if let Some(role) = role.filter(|r| *r != "none") {
+                entries.push(("role".to_owned(), role.to_owned()));
             }
         }
         ClientSettings { entries }
@@ -102,19 +149,21 @@ pub fn capture_and_reset(
     server: BorrowedFd<'_>,
     slot: &Slot,
     login_user: &str,
+    custom: &[String],
     timeout: Duration,
 ) -> Result<ClientSettings, SessionError> {
-    let answer = run_idle(server, slot, CAPTURE, timeout)?;
+    let sql = capture_sql(custom);
+    let answer = run_idle(server, slot, &sql, timeout)?;
     if let Some(error) = answer.error {
         return Err(SessionError::Refused {
-            sql: CAPTURE.to_owned(),
+            sql,
             error: Box::new(error),
         });
     }
-    if !answer.idle || answer.rows.is_empty() {
-        return Err(SessionError::NotIdle(CAPTURE.to_owned()));
+    if !answer.idle || answer.results.len() < 2 {
+        return Err(SessionError::NotIdle(sql));
     }
-    Ok(ClientSettings::from_rows(&answer.rows, login_user))
+    Ok(ClientSettings::from_results(&answer.results, login_user))
 }
 
 /// Returns an idle connection to its login state.
@@ -194,19 +243,21 @@ pub fn replay(
 mod tests {
     use super::*;
 
-    fn row(a: &str, b: &str) -> Vec<Option<String>> {
-        vec![Some(a.to_owned()), Some(b.to_owned())]
+    fn row(a: &str, b: Option<&str>) -> Row {
+        vec![Some(a.to_owned()), b.map(str::to_owned)]
     }
 
     #[test]
     fn record_leaves_out_the_login_identity_and_carried_parameters() {
-        let rows = [
-            row("alice", "none"),
-            row("work_mem", "8MB"),
-            row("TimeZone", "UTC"),
-            row("search_path", "\"a'b\", public"),
+        let results = [
+            vec![row("alice", Some("none"))],
+            vec![
+                row("work_mem", Some("8MB")),
+                row("TimeZone", Some("UTC")),
+                row("search_path", Some("\"a'b\", public")),
+            ],
         ];
-        let r = ClientSettings::from_rows(&rows, "alice");
+        let r = ClientSettings::from_results(&results, "alice");
         assert_eq!(
             r.entries(),
             &[
@@ -214,16 +265,56 @@ mod tests {
                 ("search_path".to_owned(), "\"a'b\", public".to_owned()),
             ]
         );
-        assert!(ClientSettings::from_rows(&[row("alice", "none")], "alice").is_empty());
+        let nothing = [vec![row("alice", Some("none"))], vec![]];
+        assert!(ClientSettings::from_results(&nothing, "alice").is_empty());
     }
 
     #[test]
     fn identity_comes_last_authorization_before_role() {
-        let rows = [row("bob", "r"), row("work_mem", "8MB")];
-        let mut r = ClientSettings::from_rows(&rows, "alice");
+        let results = [
+            vec![row("bob", Some("r"))],
+            vec![row("work_mem", Some("8MB"))],
+        ];
+        let mut r = ClientSettings::from_results(&results, "alice");
         let names: Vec<&str> = r.entries().iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["work_mem", "session_authorization", "role"]);
         r.remove("role");
         assert_eq!(r.entries().len(), 2);
+    }
+
+    #[test]
+    fn named_settings_are_kept_when_the_reset_changed_them() {
+        let results = [
+            vec![row("alice", Some("none"))],
+            vec![row("plpgsql.extra_warnings", Some("all"))],
+            vec![
+                row("app.tenant", Some("42")),
+                row("app.unset", None),
+                row("app.same", Some("x")),
+                row("plpgsql.extra_warnings", Some("all")),
+            ],
+            vec![
+                row("app.tenant", Some("")),
+                row("app.unset", None),
+                row("app.same", Some("x")),
+                row("plpgsql.extra_warnings", Some("none")),
+            ],
+        ];
+        let r = ClientSettings::from_results(&results, "alice");
+        assert_eq!(
+            r.entries(),
+            &[
+                ("plpgsql.extra_warnings".to_owned(), "all".to_owned()),
+                ("app.tenant".to_owned(), "42".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn capture_names_only_plain_names() {
+        let sql = capture_sql(&["app.a".to_owned(), "x';drop".to_owned()]);
+        assert!(sql.contains("ARRAY['app.a']"), "{sql}");
+        assert!(!sql.contains("drop"), "{sql}");
+        assert!(!capture_sql(&[]).contains("unnest"));
     }
 }

@@ -261,6 +261,7 @@ impl<'a> Session<'a> {
             state_pinned: false,
             settings: Default::default(),
             settings_changed: false,
+            custom_names: Vec::new(),
             statements: SlotStatements { slot: None },
         };
         let rewriter = if main.max_prepared_statements > 0 {

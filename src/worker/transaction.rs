@@ -52,6 +52,9 @@ pub struct WorkerAttach<'a> {
     pub settings: ClientSettings,
     /// The transaction running may have changed them.
     pub settings_changed: bool,
+    /// Qualified setting names the client has set or reset: placeholders
+    /// the server is asked for by name.
+    pub custom_names: Vec<String>,
     pub statements: SlotStatements<'a>,
 }
 
@@ -175,7 +178,13 @@ impl WorkerAttach<'_> {
         // SAFETY: the slot's socket, open while we hold the slot (`Held`).
         let server = unsafe { BorrowedFd::borrow_raw(held.fd) };
         let timeout = super::attach::connect_timeout(self.ctx);
-        match settings_follow::capture_and_reset(server, slot, &self.user, timeout) {
+        match settings_follow::capture_and_reset(
+            server,
+            slot,
+            &self.user,
+            &self.custom_names,
+            timeout,
+        ) {
             Ok(settings) => {
                 self.settings = settings;
                 Verdict::Clean
@@ -324,9 +333,16 @@ impl Attach for WorkerAttach<'_> {
         self.pinned.is_none()
     }
 
-    fn settings_changed(&mut self) {
+    fn settings_changed(&mut self, custom: &[String]) {
         if self.held.is_some() && self.pinned.is_none() {
             self.settings_changed = true;
+            for name in custom {
+                if self.custom_names.len() < settings_follow::MAX_CUSTOM
+                    && !self.custom_names.contains(name)
+                {
+                    self.custom_names.push(name.clone());
+                }
+            }
         }
     }
 

@@ -105,6 +105,17 @@ fn session_settings_are_changes_not_pins() {
 }
 
 #[test]
+fn qualified_names_are_noted() {
+    let f = inspect(
+        b"SET app.Tenant = 1; RESET \"App\".\"Other\"; SELECT set_config('app.user', 'x', false); \
+          SELECT set_config('app.local', 'x', true); SET app.tenant = 2; SET work_mem = 1; \
+          SELECT set_config('odd''.name', 'x', false)",
+    );
+    assert!(f.settings);
+    assert_eq!(f.custom, ["app.tenant", "app.other", "app.user"]);
+}
+
+#[test]
 fn transaction_scoped_and_carried_state_does_not_pin() {
     for sql in [
         "SELECT pg_advisory_xact_lock(1)",
@@ -178,14 +189,16 @@ fn unlexable_text_pins_only_on_a_telling_word() {
         inspect(b"SELECT 1 /* never closed SET"),
         Findings {
             pin: None,
-            settings: true
+            settings: true,
+            ..Findings::default()
         }
     );
     assert_eq!(
         inspect(b"SELECT 1 /* never closed LOAD"),
         Findings {
             pin: Some(PinReason::Unlexable),
-            settings: false
+            settings: false,
+            ..Findings::default()
         }
     );
     assert_eq!(inspect(b"SELECT 'unterminated"), Findings::default());

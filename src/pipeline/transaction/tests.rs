@@ -117,7 +117,7 @@ impl Attach for &mut OneServer {
         assert!(self.attached, "pinned while not attached");
         self.pins.push(why);
     }
-    fn settings_changed(&mut self) {
+    fn settings_changed(&mut self, _: &[String]) {
         assert!(self.attached, "settings changed while not attached");
     }
 }
