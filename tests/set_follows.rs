@@ -150,32 +150,46 @@ fn values_with_quotes_and_backslashes_survive() {
     }
 }
 
+/// B sets work_mem to its own value on the one shared connection, so
+/// what A sees next comes from A's record, not from what is left there.
+fn disturb(b: &mut Client) {
+    b.batch_execute("SET work_mem = '3MB'").expect("B's set");
+    assert_eq!(setting(b, "work_mem"), "3MB");
+}
+
 #[test]
 fn what_postgres_undoes_is_not_kept() {
     let (_pg, pc) = start("");
     let mut a = pc.connect();
+    let mut b = pc.connect();
     let default = setting(&mut a, "work_mem");
     a.batch_execute("BEGIN; SET work_mem = '9MB'; ROLLBACK")
         .expect("rollback");
+    disturb(&mut b);
     assert_eq!(setting(&mut a, "work_mem"), default);
     a.batch_execute("BEGIN; SET LOCAL work_mem = '9MB'; COMMIT")
         .expect("set local");
+    disturb(&mut b);
     assert_eq!(setting(&mut a, "work_mem"), default);
     a.batch_execute("SET work_mem = '8MB'").expect("set");
     a.batch_execute("BEGIN; SET work_mem = '9MB'; ROLLBACK")
         .expect("rollback");
+    disturb(&mut b);
     assert_eq!(setting(&mut a, "work_mem"), "8MB");
     a.batch_execute("BEGIN; SAVEPOINT s; SET work_mem = '9MB'; ROLLBACK TO s; COMMIT")
         .expect("savepoint");
+    disturb(&mut b);
     assert_eq!(setting(&mut a, "work_mem"), "8MB");
     a.batch_execute("BEGIN; SAVEPOINT s; SET work_mem = '10MB'; RELEASE s; COMMIT")
         .expect("released savepoint");
+    disturb(&mut b);
     assert_eq!(setting(&mut a, "work_mem"), "10MB");
     // A failed transaction undoes its SET too.
     assert!(a
         .batch_execute("BEGIN; SET work_mem = '11MB'; SELECT 1/0")
         .is_err());
     a.batch_execute("ROLLBACK").expect("rollback");
+    disturb(&mut b);
     assert_eq!(setting(&mut a, "work_mem"), "10MB");
 }
 
@@ -184,21 +198,23 @@ fn reset_clears_the_record() {
     let (_pg, pc) = start("");
     let mut a = pc.connect();
     let mut b = pc.connect();
-    let work_mem = setting(&mut b, "work_mem");
-    let timeout = setting(&mut b, "statement_timeout");
+    let work_mem = setting(&mut a, "work_mem");
+    let timeout = setting(&mut a, "statement_timeout");
     a.batch_execute("SET work_mem = '8MB'").expect("set");
     a.batch_execute("RESET work_mem").expect("reset");
+    disturb(&mut b);
     assert_eq!(setting(&mut a, "work_mem"), work_mem);
     a.batch_execute("SET work_mem = '8MB'; SET statement_timeout = '5s'")
         .expect("set");
     assert_eq!(setting(&mut a, "statement_timeout"), "5s");
     a.batch_execute("RESET ALL").expect("reset all");
+    disturb(&mut b);
     assert_eq!(setting(&mut a, "work_mem"), work_mem);
     assert_eq!(setting(&mut a, "statement_timeout"), timeout);
     a.batch_execute("SET work_mem = '8MB'").expect("set");
     a.batch_execute("DISCARD ALL").expect("discard all");
+    disturb(&mut b);
     assert_eq!(setting(&mut a, "work_mem"), work_mem);
-    assert_eq!(setting(&mut b, "work_mem"), work_mem);
 }
 
 #[test]
