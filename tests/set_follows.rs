@@ -321,3 +321,34 @@ fn with_pinning_off_settings_still_follow() {
     assert_eq!(setting(&mut b, "work_mem"), default);
     assert_eq!(pinned(&pc), Some(0));
 }
+
+/// A client that never changes a setting costs no query of pgcorral's;
+/// one whose DO block or procedure may have is asked about it.
+#[test]
+fn plain_clients_pay_nothing_and_do_blocks_are_asked_about() {
+    let pg = Postgres::start_with(&[("log_statement", "all")]);
+    let pc = Pgcorral::start(&pg, "pipeline = \"transaction\"\nmax_connections = 1");
+    let mut a = pc.connect();
+    let mut b = pc.connect();
+    let default = setting(&mut b, "work_mem");
+    for _ in 0..5 {
+        a.batch_execute("SELECT 1; BEGIN; SELECT 'SET x'; COMMIT")
+            .expect("plain");
+        let _ = pid(&mut a);
+    }
+    assert!(
+        !pg.log().contains("RESET ALL"),
+        "a plain client paid for a reset"
+    );
+    a.batch_execute("DO $$BEGIN PERFORM set_config('work_mem', '12MB', false); END$$")
+        .expect("do");
+    assert_eq!(setting(&mut b, "work_mem"), default);
+    assert_eq!(setting(&mut a, "work_mem"), "12MB");
+    assert!(pg.log().contains("RESET ALL"), "the reset is not logged");
+    pg.psql(
+        "CREATE PROCEDURE pgc_p() LANGUAGE sql AS $$SELECT set_config('work_mem', '13MB', false)$$",
+    );
+    a.batch_execute("CALL pgc_p()").expect("call");
+    assert_eq!(setting(&mut b, "work_mem"), default);
+    assert_eq!(setting(&mut a, "work_mem"), "13MB");
+}

@@ -30,13 +30,14 @@ use crate::slot::Slot;
 /// the session authorization alone, hence their own RESETs. One simple
 /// Query is one implicit transaction: if any part fails, none of the
 /// resets is kept, and the connection is not given to anyone. Every name
-/// is qualified: the client's `search_path` is still in force.
+/// is qualified, operators included: the client's `search_path` is still
+/// in force.
 const CAPTURE_IDENTITY: &str = "SELECT pg_catalog.current_setting('session_authorization'), \
      pg_catalog.current_setting('role'); \
      RESET SESSION AUTHORIZATION; RESET ROLE; ";
 
 const CAPTURE_SETTINGS: &str = "SELECT name, pg_catalog.current_setting(name) \
-     FROM pg_catalog.pg_settings WHERE source = 'session'; ";
+     FROM pg_catalog.pg_settings WHERE source OPERATOR(pg_catalog.=) 'session'; ";
 
 /// At most this many qualified names are asked for by name.
 pub const MAX_CUSTOM: usize = 64;
@@ -57,7 +58,7 @@ fn capture_sql(custom: &[String]) -> String {
     let by_name = (!names.is_empty()).then(|| {
         format!(
             "SELECT n, pg_catalog.current_setting(n, true) \
-             FROM pg_catalog.unnest(ARRAY[{}]::text[]) AS n",
+             FROM pg_catalog.unnest(ARRAY[{}]::pg_catalog.text[]) AS n",
             names.join(",")
         )
     });
