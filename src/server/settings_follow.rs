@@ -115,7 +115,7 @@ impl ClientSettings {
         }
         let mut entries: Vec<(String, String)> = Vec::new();
         for (name, value) in results.get(1).into_iter().flatten().filter_map(pair) {
-            if let (false, Some(value)) = (params::is_tracked(name), value) {
+            if let (true, Some(value)) = (follows(name), value) {
                 entries.push((name.to_owned(), value.to_owned()));
             }
         }
@@ -125,7 +125,7 @@ impl ClientSettings {
                     continue;
                 };
                 let known = entries.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
-                if reset != Some(value) && !known {
+                if reset != Some(value) && !known && follows(name) {
                     entries.push((name.to_owned(), value.to_owned()));
                 }
             }
@@ -141,6 +141,16 @@ impl ClientSettings {
         }
         ClientSettings { entries }
     }
+}
+
+/// Whether a setting the server reports is the client's to carry here:
+/// not a reported parameter carried by its ParameterStatus, and not one of
+/// the `transaction_*` settings, which belong to one transaction (a `SET
+/// transaction_read_only` outside a transaction block leaves its source
+/// "session") and cannot be set once a query has run in it.
+fn follows(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    !params::is_tracked(name) && !lower.starts_with("transaction_")
 }
 
 /// Reads the session settings of an idle connection and returns it to its
@@ -255,6 +265,7 @@ mod tests {
             vec![
                 row("work_mem", Some("8MB")),
                 row("TimeZone", Some("UTC")),
+                row("transaction_read_only", Some("off")),
                 row("search_path", Some("\"a'b\", public")),
             ],
         ];
