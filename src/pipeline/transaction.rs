@@ -208,7 +208,7 @@ pub struct Transaction<'a, A: Attach> {
     /// Names of the client's prepared statements whose text may change a
     /// setting: it runs at a later Bind, perhaps in another transaction
     /// than its Parse.
-    setting_statements: Vec<Vec<u8>>,
+    setting_statements: SettingStatements,
     attach: A,
 }
 
@@ -238,7 +238,7 @@ impl<'a, A: Attach> Transaction<'a, A> {
             wait_mask,
             idle_limit: None,
             skip_to_sync: false,
-            setting_statements: Vec::new(),
+            setting_statements: SettingStatements::default(),
             attach,
         }
     }
@@ -541,7 +541,7 @@ impl<'a, A: Attach> Transaction<'a, A> {
                         self.attach.settings_changed(&[]);
                     }
                     if tag == frontend::BIND
-                        && !self.setting_statements.is_empty()
+                        && self.setting_statements.any()
                         && self.attach.watches()
                     {
                         self.attach.settings_changed(&[]);
@@ -629,11 +629,11 @@ impl<'a, A: Attach> Transaction<'a, A> {
                 attach.settings_changed(&found.custom);
             }
             if tag == frontend::PARSE {
-                note_statement(setting_statements, body, found.settings);
+                setting_statements.note(body, found.settings);
             }
         }
         if tag == frontend::CLOSE && body.first() == Some(&b'S') {
-            note_statement(setting_statements, &body[1..], false);
+            setting_statements.note(&body[1..], false);
         }
         let result = if rewriter.is_pass_through() {
             // Gathered only to be looked at: passed on as it came.
@@ -775,13 +775,33 @@ impl<'a, A: Attach> Transaction<'a, A> {
     }
 }
 
-/// Records whether the statement named at the start of `body` (a Parse's,
-/// or a Close's after its kind) may change a setting when it runs.
-fn note_statement(names: &mut Vec<Vec<u8>>, body: &[u8], changes: bool) {
-    let name = &body[..body.iter().position(|&b| b == 0).unwrap_or(body.len())];
-    names.retain(|n| n != name);
-    if changes {
-        names.push(name.to_vec());
+/// The client's prepared statements whose text may change a setting.
+#[derive(Default)]
+struct SettingStatements {
+    names: Vec<Vec<u8>>,
+    /// More than `MAX_SETTING_STATEMENTS` were prepared: every Bind counts
+    /// from then on.
+    overflow: bool,
+}
+
+const MAX_SETTING_STATEMENTS: usize = 256;
+
+impl SettingStatements {
+    fn any(&self) -> bool {
+        self.overflow || !self.names.is_empty()
+    }
+
+    /// Records whether the statement named at the start of `body` (a
+    /// Parse's, or a Close's after its kind) may change a setting when it
+    /// runs.
+    fn note(&mut self, body: &[u8], changes: bool) {
+        let name = &body[..body.iter().position(|&b| b == 0).unwrap_or(body.len())];
+        self.names.retain(|n| n != name);
+        if changes && self.names.len() < MAX_SETTING_STATEMENTS {
+            self.names.push(name.to_vec());
+        } else if changes {
+            self.overflow = true;
+        }
     }
 }
 
