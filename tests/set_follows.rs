@@ -142,7 +142,11 @@ fn values_with_quotes_and_backslashes_survive() {
         .expect("scs");
     a.batch_execute("SET pgc.value = 'x\\\\y''z\\\\'")
         .expect("backslash");
+    a.batch_execute("SET custom.my.qualified.guc = 'foo'")
+        .expect("three-part name");
     for _ in 0..2 {
+        assert_eq!(setting(&mut a, "custom.my.qualified.guc"), "foo");
+        assert_ne!(setting(&mut b, "custom.my.qualified.guc"), "foo");
         assert_eq!(setting(&mut a, "pgc.value"), "x\\y'z\\");
         assert_eq!(setting(&mut a, "standard_conforming_strings"), "off");
         assert_ne!(setting(&mut b, "pgc.value"), "x\\y'z\\");

@@ -536,9 +536,18 @@ fn parameter(s: &[Token], found: &mut Findings) -> bool {
     // A qualified name (`myext.setting`) is never a carried one.
     let qualified = s.get(1) == Some(&Token::Punct(b'.'));
     if qualified {
-        if let Some(second) = part(s.get(2)) {
-            custom(&format!("{name}.{second}"), found);
+        // `custom.my.qualified.guc`: every part, dot by dot.
+        let mut full = name.clone();
+        let mut i = 1;
+        while s.get(i) == Some(&Token::Punct(b'.')) {
+            let Some(next) = part(s.get(i + 1)) else {
+                break;
+            };
+            full.push('.');
+            full.push_str(&next);
+            i += 2;
         }
+        custom(&full, found);
     }
     qualified || !params::is_tracked(&name)
 }

@@ -109,10 +109,18 @@ fn qualified_names_are_noted() {
     let f = inspect(
         b"SET app.Tenant = 1; RESET \"App\".\"Other\"; SELECT set_config('app.user', 'x', false); \
           SELECT set_config('app.local', 'x', true); SET app.tenant = 2; SET work_mem = 1; \
-          SELECT set_config('odd''.name', 'x', false)",
+          SELECT set_config('odd''.name', 'x', false); SET custom.my.qualified.guc = 'foo'",
     );
     assert!(f.settings);
-    assert_eq!(f.custom, ["app.tenant", "app.other", "app.user"]);
+    assert_eq!(
+        f.custom,
+        [
+            "app.tenant",
+            "app.other",
+            "app.user",
+            "custom.my.qualified.guc"
+        ]
+    );
 }
 
 #[test]
