@@ -205,20 +205,14 @@ fn sql_prepare_is_kept_and_hidden() {
     );
 }
 
+/// Settings follow a client without pinning it (tests/set_follows.rs);
+/// a pinned client's stay on its connection with the rest of its state,
+/// and are reset with it when it leaves.
 #[test]
-fn set_of_an_untracked_parameter_is_kept_and_hidden() {
+fn settings_of_a_pinned_client_are_kept_and_hidden() {
     kept_and_hidden(
-        "SET work_mem = '7777kB'",
-        "select current_setting('work_mem') = '7777kB'",
-        "SELECT 1",
-    );
-}
-
-#[test]
-fn set_role_is_kept_and_hidden() {
-    kept_and_hidden(
-        "SET ROLE pg_monitor",
-        "select current_user = 'pg_monitor'",
+        "SET work_mem = '7777kB'; SET ROLE pg_monitor; CREATE TEMP TABLE pin_s (a int)",
+        "select current_setting('work_mem') = '7777kB' and current_user = 'pg_monitor'",
         "SELECT 1",
     );
 }
@@ -227,32 +221,33 @@ fn set_role_is_kept_and_hidden() {
 /// its Query and Parse texts are still looked at.
 #[test]
 fn statements_pin_without_statement_tracking() {
-    let present = "select current_setting('work_mem') = '7777kB'";
-    let set = "SET work_mem = '7777kB'";
+    let present = "select exists (select 1 from pg_prepared_statements where name = 'pin_p')";
+    let prepare = "PREPARE pin_p AS SELECT 42";
     kept_and_hidden_with(
         "max_prepared_statements = 0",
         false,
-        set,
+        prepare,
         present,
-        "SELECT 1",
+        "EXECUTE pin_p",
     );
     kept_and_hidden_with(
         "max_prepared_statements = 0",
         true,
-        set,
+        prepare,
         present,
-        "SELECT 1",
+        "EXECUTE pin_p",
     );
 }
 
 #[test]
-fn set_by_the_extended_protocol_pins() {
+fn temporary_table_by_the_extended_protocol_pins() {
     kept_and_hidden_with(
         "",
         true,
-        "select set_config('work_mem', '7777kB', false)",
-        "select current_setting('work_mem') = '7777kB'",
-        "SELECT 1",
+        "CREATE TEMP TABLE pin_e (a int)",
+        "select exists (select 1 from pg_class where relname = 'pin_e' \
+         and relpersistence = 't' and pg_table_is_visible(oid))",
+        "INSERT INTO pin_e VALUES (1)",
     );
 }
 
@@ -277,11 +272,16 @@ fn with_pinning_off_state_stays_on_the_shared_connection() {
     );
     let mut a = pc.connect();
     let mut b = pc.connect();
-    a.batch_execute("SET work_mem = '7777kB'").expect("set");
+    a.batch_execute("CREATE TEMP TABLE pin_off (a int)")
+        .expect("create");
     assert_eq!(pinned(&pc), Some(0));
     assert_eq!(pid(&mut a), pid(&mut b));
     assert!(
-        check(&mut b, "select current_setting('work_mem') = '7777kB'"),
-        "without pinning the setting stays on the connection"
+        check(
+            &mut b,
+            "select exists (select 1 from pg_class where relname = 'pin_off' \
+             and relpersistence = 't' and pg_table_is_visible(oid))"
+        ),
+        "without pinning the table stays on the connection"
     );
 }

@@ -78,8 +78,8 @@ pub struct MainConfig {
     /// transaction pooling (0 turns statement tracking off).
     pub max_prepared_statements: usize,
     /// Transaction pipeline: a client whose statements leave session state
-    /// that cannot follow it (temporary tables, LISTEN, SET, ...) keeps its
-    /// connection until it leaves.
+    /// that cannot follow it (temporary tables, LISTEN, ...) keeps its
+    /// connection until it leaves. Settings follow their client either way.
     pub pin_session_state: bool,
     /// Rotate the log file once it is this large (bytes; 0 = never).
     #[serde(deserialize_with = "size::deserialize")]

@@ -1,16 +1,23 @@
-//! Recognises SQL that leaves session state which cannot follow a client
-//! from one pooled connection to the next (temporary tables, LISTEN,
-//! session advisory locks, held cursors, SQL-level PREPARE, LOAD, SET of
-//! parameters pgcorral does not carry). The transaction pipeline keeps the
-//! connection of a client that sends any of it.
+//! Recognises SQL that leaves session state behind, of two kinds. State
+//! that cannot follow a client from one pooled connection to the next
+//! (temporary tables, LISTEN, session advisory locks, held cursors,
+//! SQL-level PREPARE, LOAD): the transaction pipeline keeps the connection
+//! of a client that sends any of it. And session-level settings (`SET`,
+//! `RESET`, `SET ROLE`, `SET SESSION AUTHORIZATION`, `set_config(..,
+//! false)`, `DISCARD ALL`): the lexer only says that they may have
+//! changed; the server, asked at the end of the transaction, says what
+//! they are (`server::settings_follow`), so GUC rules (rollback, savepoints,
+//! `SET LOCAL`) are PostgreSQL's own and not re-implemented here.
 //!
 //! The lexer follows PostgreSQL's: comments (`--`, nested `/* */`), string
 //! literals (`''` doubling, `E''` with backslash escapes, dollar quoting),
 //! quoted identifiers, several statements split by `;`. Text it cannot
 //! lex (an unterminated literal, or one read differently because the
 //! server has `standard_conforming_strings` off) pins when any word that
-//! could start such state appears in it: a missed pin leaks state to
-//! another client, a needless one only costs a connection.
+//! could start such state appears in it, and counts as a setting change
+//! when a word that could change one does: a missed pin or change leaks
+//! state to another client, a needless one only costs a connection or a
+//! round trip.
 
 use std::fmt;
 
@@ -29,12 +36,6 @@ pub enum PinReason {
     /// SQL-level `PREPARE`.
     Prepare,
     Load,
-    /// `SET` / `RESET` of a parameter pgcorral does not carry (lowercased).
-    Set(String),
-    /// `SET ROLE` / `SET SESSION AUTHORIZATION` (or their RESET).
-    Role,
-    /// `set_config(..., false)` or with a scope that is not plainly `true`.
-    SetConfig,
     /// A Parse or Query too large to be read whole.
     Unread,
     /// Text the lexer could not read, with a telling word in it.
@@ -50,9 +51,6 @@ impl fmt::Display for PinReason {
             PinReason::HoldCursor => f.write_str("cursor WITH HOLD"),
             PinReason::Prepare => f.write_str("SQL PREPARE"),
             PinReason::Load => f.write_str("LOAD"),
-            PinReason::Set(name) => write!(f, "SET {name}"),
-            PinReason::Role => f.write_str("SET ROLE / SESSION AUTHORIZATION"),
-            PinReason::SetConfig => f.write_str("set_config outside a transaction scope"),
             PinReason::Unread => f.write_str("statement too large to inspect"),
             PinReason::Unlexable => f.write_str("statement not understood"),
         }
@@ -73,8 +71,25 @@ enum Token {
     Other,
 }
 
-/// Every way to pin needs a word containing one of these, so text
-/// without any (most queries) is not lexed at all.
+/// What a client's statement text may leave on its session.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Findings {
+    /// The first statement leaving state that cannot follow the client.
+    pub pin: Option<PinReason>,
+    /// A session-level setting, the role or the session authorization may
+    /// have changed (other than the reported parameters pgcorral carries
+    /// from their ParameterStatus).
+    pub settings: bool,
+    /// Qualified names (`app.tenant`, lowercased) being set or reset: a
+    /// placeholder setting is hidden from `pg_settings`, so the server is
+    /// asked for these by name.
+    pub custom: Vec<String>,
+}
+
+/// Every finding needs a word containing one of these, so text without
+/// any (most queries) is not lexed at all. A `DO` block changes a setting
+/// only through words containing `set` (or through functions, which are
+/// out of sight anyway), so `do` needs no entry of its own.
 const NEEDED: &[&[u8]] = &[
     b"temp",
     b"listen",
@@ -83,9 +98,11 @@ const NEEDED: &[&[u8]] = &[
     b"prepare",
     b"load",
     b"set",
+    b"call",
+    b"discard",
 ];
 
-fn may_pin(sql: &[u8]) -> bool {
+fn may_matter(sql: &[u8]) -> bool {
     sql.windows(3).enumerate().any(|(i, w)| {
         let w = [w[0] | 0x20, w[1] | 0x20, w[2] | 0x20];
         NEEDED.iter().any(|n| {
@@ -97,21 +114,28 @@ fn may_pin(sql: &[u8]) -> bool {
     })
 }
 
-/// The first state-leaving statement in `sql`, if any.
-pub fn pin_reason(sql: &[u8]) -> Option<PinReason> {
-    if !may_pin(sql) {
-        return None;
+/// What the statements in `sql` may leave on the session.
+pub fn inspect(sql: &[u8]) -> Findings {
+    if !may_matter(sql) {
+        return Findings::default();
     }
     lexed(sql)
 }
 
-/// `pin_reason` without the quick test.
-fn lexed(sql: &[u8]) -> Option<PinReason> {
+/// `inspect` without the quick test.
+fn lexed(sql: &[u8]) -> Findings {
     let (tokens, rest) = lex(sql);
-    let found = tokens
-        .split(|t| *t == Token::Punct(b';'))
-        .find_map(statement);
-    found.or_else(|| (!rest.is_empty() && telling_word(rest)).then_some(PinReason::Unlexable))
+    let mut found = Findings::default();
+    for s in tokens.split(|t| *t == Token::Punct(b';')) {
+        statement(s, &mut found);
+    }
+    if !rest.is_empty() {
+        if found.pin.is_none() && telling_word(rest, TELLING_PIN) {
+            found.pin = Some(PinReason::Unlexable);
+        }
+        found.settings |= telling_word(rest, TELLING_SETTINGS);
+    }
+    found
 }
 
 /// The text of a Parse body's query (the statement name first).
@@ -313,7 +337,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// Words that may begin state that cannot follow a client, looked for in
 /// text the lexer gave up on.
-const TELLING: &[&str] = &[
+const TELLING_PIN: &[&str] = &[
     "temp",
     "temporary",
     "listen",
@@ -324,14 +348,14 @@ const TELLING: &[&str] = &[
     "hold",
     "prepare",
     "load",
-    "set",
-    "reset",
-    "set_config",
 ];
 
-fn telling_word(text: &[u8]) -> bool {
+/// Words that may change a setting, looked for in the same text.
+const TELLING_SETTINGS: &[&str] = &["set", "reset", "set_config", "call", "discard"];
+
+fn telling_word(text: &[u8], telling: &[&str]) -> bool {
     text.split(|&b| !ident_cont(b) || b == b'$')
-        .any(|w| TELLING.iter().any(|t| t.as_bytes().eq_ignore_ascii_case(w)))
+        .any(|w| telling.iter().any(|t| t.as_bytes().eq_ignore_ascii_case(w)))
 }
 
 fn word(t: Option<&Token>) -> Option<&str> {
@@ -348,8 +372,8 @@ const ADVISORY: &[&str] = &[
     "pg_try_advisory_lock_shared",
 ];
 
-/// Whether one statement (between semicolons) leaves session state.
-fn statement(toks: &[Token]) -> Option<PinReason> {
+/// Adds what one statement (between semicolons) may leave on the session.
+fn statement(toks: &[Token], found: &mut Findings) {
     // A statement may sit in parentheses: `(SELECT ...)`.
     let start = toks
         .iter()
@@ -358,7 +382,7 @@ fn statement(toks: &[Token]) -> Option<PinReason> {
     let s = &toks[start..];
     let first = word(s.first());
     let at = |i: usize| word(s.get(i));
-    let reason = match first {
+    let pin = match first {
         Some("create") => {
             let mut i = 1;
             while matches!(at(i), Some("or" | "replace" | "global" | "local")) {
@@ -374,15 +398,26 @@ fn statement(toks: &[Token]) -> Option<PinReason> {
         // PREPARE TRANSACTION is two-phase commit, not a statement.
         Some("prepare") if at(1) != Some("transaction") => Some(PinReason::Prepare),
         Some("load") => Some(PinReason::Load),
-        Some("set") => set(&s[1..]),
-        Some("reset") => reset(&s[1..]),
         _ => None,
     };
-    reason.or_else(|| anywhere(s))
+    found.settings |= match first {
+        Some("set") => set(&s[1..], found),
+        Some("reset") => reset(&s[1..], found),
+        Some("discard") => at(1) == Some("all"),
+        // What a procedure or a DO block runs is out of sight; the cost of
+        // asking the server afterwards is one round trip.
+        Some("call" | "do") => true,
+        _ => false,
+    };
+    let inside = anywhere(s, found);
+    if found.pin.is_none() {
+        found.pin = pin.or(inside);
+    }
 }
 
 /// What any statement may contain: `INTO TEMP`, function calls.
-fn anywhere(s: &[Token]) -> Option<PinReason> {
+fn anywhere(s: &[Token], found: &mut Findings) -> Option<PinReason> {
+    let mut pin = None;
     for (i, t) in s.iter().enumerate() {
         let name = match t {
             Token::Word(w) => w.as_str(),
@@ -393,10 +428,10 @@ fn anywhere(s: &[Token]) -> Option<PinReason> {
         };
         let called = s.get(i + 1) == Some(&Token::Punct(b'('));
         if called && ADVISORY.contains(&name) {
-            return Some(PinReason::AdvisoryLock);
+            pin = pin.or(Some(PinReason::AdvisoryLock));
         }
-        if called && name == "set_config" && set_config_pins(&s[i + 2..]) {
-            return Some(PinReason::SetConfig);
+        if called && name == "set_config" && set_config_changes(&s[i + 2..], found) {
+            found.settings = true;
         }
         if matches!(t, Token::Word(_)) && name == "into" {
             let mut j = i + 1;
@@ -404,17 +439,17 @@ fn anywhere(s: &[Token]) -> Option<PinReason> {
                 j += 1;
             }
             if matches!(word(s.get(j)), Some("temp" | "temporary")) {
-                return Some(PinReason::TempTable);
+                pin = pin.or(Some(PinReason::TempTable));
             }
         }
     }
-    None
+    pin
 }
 
-/// `set_config(name, value, is_local)` from just after its `(`: pins
-/// unless the scope is plainly `true` or the parameter one pgcorral
-/// carries.
-fn set_config_pins(args: &[Token]) -> bool {
+/// `set_config(name, value, is_local)` from just after its `(`: a
+/// session-level change unless the scope is plainly `true` or the
+/// parameter one pgcorral carries by its ParameterStatus.
+fn set_config_changes(args: &[Token], found: &mut Findings) -> bool {
     let mut parts: Vec<&[Token]> = Vec::new();
     let (mut depth, mut from) = (0usize, 0usize);
     let mut end = args.len();
@@ -434,57 +469,87 @@ fn set_config_pins(args: &[Token]) -> bool {
         }
     }
     parts.push(&args[from..end.max(from)]);
+    let session = !matches!(parts.get(2), Some([Token::Word(w)]) if w == "true");
     if let [Token::Str(name)] = parts[0] {
-        if params::is_tracked(&String::from_utf8_lossy(name)) {
+        let name = String::from_utf8_lossy(name);
+        if params::is_tracked(&name) {
             return false;
         }
+        if session && name.contains('.') {
+            custom(&name, found);
+        }
     }
-    !matches!(parts.get(2), Some([Token::Word(w)]) if w == "true")
+    session
 }
 
-/// `SET ...` after the SET.
-fn set(s: &[Token]) -> Option<PinReason> {
+/// Notes a qualified setting name, if it is one pgcorral can name in a
+/// query without quoting.
+fn custom(name: &str, found: &mut Findings) {
+    let plain = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'$' | b'.'));
+    let name = name.to_ascii_lowercase();
+    if plain && name.len() <= 128 && !found.custom.contains(&name) {
+        found.custom.push(name);
+    }
+}
+
+/// Whether `SET ...` (after the SET) changes a session-level setting.
+fn set(s: &[Token], found: &mut Findings) -> bool {
     match word(s.first()) {
         // Transaction-scoped.
-        Some("local" | "transaction" | "constraints") => None,
+        Some("local" | "transaction" | "constraints") => false,
         Some("session") => match word(s.get(1)) {
-            Some("authorization") => Some(PinReason::Role),
-            Some("characteristics") => Some(PinReason::Set("session characteristics".into())),
-            _ => parameter(&s[1..]),
+            Some("authorization" | "characteristics") => true,
+            _ => parameter(&s[1..], found),
         },
-        Some("role") => Some(PinReason::Role),
-        _ => parameter(s),
+        Some("role") => true,
+        _ => parameter(s, found),
     }
 }
 
-/// `RESET ...` after the RESET.
-fn reset(s: &[Token]) -> Option<PinReason> {
+/// Whether `RESET ...` (after the RESET) changes a session-level setting.
+fn reset(s: &[Token], found: &mut Findings) -> bool {
     match word(s.first()) {
-        Some("all") => Some(PinReason::Set("all".into())),
-        Some("role") => Some(PinReason::Role),
-        Some("session") if word(s.get(1)) == Some("authorization") => Some(PinReason::Role),
-        _ => parameter(s),
+        Some("all" | "role") => true,
+        Some("session") if word(s.get(1)) == Some("authorization") => true,
+        _ => parameter(s, found),
     }
 }
 
-/// A parameter name being set or reset: pins unless pgcorral carries it.
-fn parameter(s: &[Token]) -> Option<PinReason> {
-    let name = match s.first() {
-        Some(Token::Word(w)) => w.clone(),
-        Some(Token::Quoted(q)) => q.to_ascii_lowercase(),
-        _ => return Some(PinReason::Set(String::new())),
+/// A parameter name being set or reset: a change to follow unless
+/// pgcorral carries it by its ParameterStatus.
+fn parameter(s: &[Token], found: &mut Findings) -> bool {
+    let part = |t: Option<&Token>| match t {
+        Some(Token::Word(w)) => Some(w.clone()),
+        Some(Token::Quoted(q)) => Some(q.to_ascii_lowercase()),
+        _ => None,
+    };
+    let Some(name) = part(s.first()) else {
+        return true;
     };
     // `SET TIME ZONE` and `SET NAMES` are the carried TimeZone and
     // client_encoding.
     if name == "names" || (name == "time" && word(s.get(1)) == Some("zone")) {
-        return None;
+        return false;
     }
     // A qualified name (`myext.setting`) is never a carried one.
     let qualified = s.get(1) == Some(&Token::Punct(b'.'));
-    if !qualified && params::is_tracked(&name) {
-        return None;
+    if qualified {
+        // `custom.my.qualified.guc`: every part, dot by dot.
+        let mut full = name.clone();
+        let mut i = 1;
+        while s.get(i) == Some(&Token::Punct(b'.')) {
+            let Some(next) = part(s.get(i + 1)) else {
+                break;
+            };
+            full.push('.');
+            full.push_str(&next);
+            i += 2;
+        }
+        custom(&full, found);
     }
-    Some(PinReason::Set(name))
+    qualified || !params::is_tracked(&name)
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ use super::prepared::{Rewriter, Route, ServerStatements};
 use super::relay::retry;
 use super::session_sql::{self, PinReason};
 use super::Outcome;
+use crate::protocol::backend::ready_for_query;
 use crate::protocol::error_response::is_fatal_or_panic;
 use crate::protocol::framer::Header;
 use crate::protocol::tag::{backend, frontend};
@@ -163,8 +164,10 @@ struct Side {
 /// What the pipeline needs from its worker: server connections on demand.
 pub trait Attach {
     /// A server connection for the next transaction. The descriptor must
-    /// stay valid until `detach`. An error is sent to the client, which
-    /// is then disconnected.
+    /// stay valid until `detach`. An error of severity ERROR fails the
+    /// client's request as PostgreSQL fails a statement: its Query, or
+    /// everything up to Sync, is skipped and the client may go on. Any
+    /// other error is sent to the client, which is then disconnected.
     fn attach(&mut self) -> Result<RawFd, ErrorResponse>;
     /// The server is idle outside a transaction (`clean`), or in a state
     /// nobody can vouch for: give the connection back or throw it away.
@@ -179,6 +182,10 @@ pub trait Attach {
     /// A statement that leaves such state is being sent on the attached
     /// connection: keep it for the rest of the client's session.
     fn pin(&mut self, why: PinReason);
+    /// A statement that may change a session-level setting is being sent
+    /// on the attached connection; `custom` are the qualified names it
+    /// sets, as far as they can be read.
+    fn settings_changed(&mut self, custom: &[String]);
 }
 
 pub struct Transaction<'a, A: Attach> {
@@ -195,6 +202,13 @@ pub struct Transaction<'a, A: Attach> {
     stop: &'a AtomicBool,
     wait_mask: SigSet,
     idle_limit: Option<std::time::Duration>,
+    /// The client's request failed before it reached a server: its
+    /// messages are dropped up to its Sync.
+    skip_to_sync: bool,
+    /// Names of the client's prepared statements whose text may change a
+    /// setting: it runs at a later Bind, perhaps in another transaction
+    /// than its Parse.
+    setting_statements: SettingStatements,
     attach: A,
 }
 
@@ -223,6 +237,8 @@ impl<'a, A: Attach> Transaction<'a, A> {
             stop,
             wait_mask,
             idle_limit: None,
+            skip_to_sync: false,
+            setting_statements: SettingStatements::default(),
             attach,
         }
     }
@@ -364,6 +380,39 @@ impl<'a, A: Attach> Transaction<'a, A> {
         Ok(())
     }
 
+    /// Fails the client request that `tag` belongs to with `error`, as
+    /// PostgreSQL fails a statement: a Query (or function call) is
+    /// answered at once, an extended-protocol request once its Sync
+    /// comes. The client's messages are the only thing it has sent, so
+    /// nothing of the request is owed by a server.
+    fn fail_request(&mut self, tag: u8, error: &ErrorResponse) {
+        error.encode(&mut self.to_client.buf);
+        self.end_failed_request(tag);
+    }
+
+    fn end_failed_request(&mut self, tag: u8) {
+        if matches!(
+            tag,
+            frontend::QUERY | frontend::FUNCTION_CALL | frontend::SYNC
+        ) {
+            ready_for_query(&mut self.to_client.buf, b'I');
+            self.skip_to_sync = false;
+        } else {
+            self.skip_to_sync = true;
+        }
+    }
+
+    /// Drops a client message (its header at the input's start).
+    fn drop_client_message(&mut self, body_len: usize) {
+        self.pass_client_run();
+        self.cin.start += 5;
+        if body_len > 0 {
+            self.cside.partial = Some(Partial::Drop {
+                remaining: body_len,
+            });
+        }
+    }
+
     fn on_client_input(&mut self) -> Option<Outcome> {
         let done = self.take_client_input();
         self.pass_client_run();
@@ -425,6 +474,17 @@ impl<'a, A: Attach> Transaction<'a, A> {
                         self.cside.partial = Some(Partial::Whole { tag, len });
                         return None;
                     }
+                    if self.server.is_none() {
+                        // Given back while the message was gathered.
+                        if let Err(Refusal(e)) = self.ensure_attached() {
+                            if e.severity != "ERROR" {
+                                return Some(Outcome::Refused(e));
+                            }
+                            self.cside.gathered.clear();
+                            self.fail_request(tag, &e);
+                            continue;
+                        }
+                    }
                     if let Err(r) = self.client_whole(tag, Body::Gathered) {
                         return self.refuse(r);
                     }
@@ -446,6 +506,11 @@ impl<'a, A: Attach> Transaction<'a, A> {
                     if tag == frontend::TERMINATE {
                         return Some(Outcome::ClientTerminated);
                     }
+                    if self.skip_to_sync {
+                        self.drop_client_message(body_len);
+                        self.end_failed_request(tag);
+                        continue;
+                    }
                     let mut route = self.rewriter.client_route(tag);
                     let mut unread = false;
                     // A statement's text must be read whole to be looked
@@ -461,12 +526,25 @@ impl<'a, A: Attach> Transaction<'a, A> {
                         }
                     }
                     if route != Route::Drop {
-                        if let Err(r) = self.ensure_attached() {
-                            return Some(Outcome::Refused(r.0));
+                        match self.ensure_attached() {
+                            Err(Refusal(e)) if e.severity == "ERROR" => {
+                                self.drop_client_message(body_len);
+                                self.fail_request(tag, &e);
+                                continue;
+                            }
+                            Err(r) => return Some(Outcome::Refused(r.0)),
+                            Ok(()) => {}
                         }
                     }
                     if unread {
                         self.attach.pin(PinReason::Unread);
+                        self.attach.settings_changed(&[]);
+                    }
+                    if tag == frontend::BIND
+                        && self.setting_statements.any()
+                        && self.attach.watches()
+                    {
+                        self.attach.settings_changed(&[]);
                     }
                     match route {
                         Route::Stream => {
@@ -533,6 +611,7 @@ impl<'a, A: Attach> Transaction<'a, A> {
             attach,
             to_server,
             to_client,
+            setting_statements,
             ..
         } = self;
         let body = body.bytes(cin, &cside.gathered);
@@ -542,9 +621,19 @@ impl<'a, A: Attach> Transaction<'a, A> {
             } else {
                 session_sql::parse_query(body)
             };
-            if let Some(why) = text.and_then(session_sql::pin_reason) {
+            let found = text.map(session_sql::inspect).unwrap_or_default();
+            if let Some(why) = found.pin {
                 attach.pin(why);
             }
+            if found.settings {
+                attach.settings_changed(&found.custom);
+            }
+            if tag == frontend::PARSE {
+                setting_statements.note(body, found.settings);
+            }
+        }
+        if tag == frontend::CLOSE && body.first() == Some(&b'S') {
+            setting_statements.note(&body[1..], false);
         }
         let result = if rewriter.is_pass_through() {
             // Gathered only to be looked at: passed on as it came.
@@ -683,6 +772,36 @@ impl<'a, A: Attach> Transaction<'a, A> {
         };
         sside.gathered.clear();
         result
+    }
+}
+
+/// The client's prepared statements whose text may change a setting.
+#[derive(Default)]
+struct SettingStatements {
+    names: Vec<Vec<u8>>,
+    /// More than `MAX_SETTING_STATEMENTS` were prepared: every Bind counts
+    /// from then on.
+    overflow: bool,
+}
+
+const MAX_SETTING_STATEMENTS: usize = 256;
+
+impl SettingStatements {
+    fn any(&self) -> bool {
+        self.overflow || !self.names.is_empty()
+    }
+
+    /// Records whether the statement named at the start of `body` (a
+    /// Parse's, or a Close's after its kind) may change a setting when it
+    /// runs.
+    fn note(&mut self, body: &[u8], changes: bool) {
+        let name = &body[..body.iter().position(|&b| b == 0).unwrap_or(body.len())];
+        self.names.retain(|n| n != name);
+        if changes && self.names.len() < MAX_SETTING_STATEMENTS {
+            self.names.push(name.to_vec());
+        } else if changes {
+            self.overflow = true;
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! The server-connection layer: everything pgcorral says to PostgreSQL on a
 //! connection outside a client's traffic. Opening one (`connect`), filling
 //! a slot with it (`fill`), testing an idle one (`probe`), and bringing its
-//! session in line (`session`: parameter sync and reset); what it logs in
+//! session in line (`session`: parameter sync and reset; `settings_follow`:
+//! a client's settings read, reset and set again); what it logs in
 //! with (`settings`). Workers and the
 //! supervisor's helpers orchestrate these; neither implements them.
 
@@ -10,6 +11,7 @@ pub mod fill;
 pub mod probe;
 pub mod session;
 pub mod settings;
+pub mod settings_follow;
 
 use std::time::Duration;
 

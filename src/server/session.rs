@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::fdio::{self as io, FdIo};
 use crate::pipeline::params::{self, Params};
+use crate::protocol::message::BodyReader;
 use crate::protocol::tag::backend;
 use crate::protocol::{self, sqlstate, ErrorResponse, ProtocolError};
 use crate::slot::Slot;
@@ -69,27 +70,50 @@ pub fn reset(server: BorrowedFd<'_>, slot: &Slot, timeout: Duration) -> bool {
     }
 }
 
-struct Answer {
-    error: Option<ErrorResponse>,
-    idle: bool,
+/// One row of a result, as text (`None` for NULL).
+pub(super) type Row = Vec<Option<String>>;
+
+/// What the server answered one request (up to its ReadyForQuery).
+#[derive(Debug, Default)]
+pub(super) struct Answer {
+    /// The first error.
+    pub error: Option<ErrorResponse>,
+    pub idle: bool,
+    /// The rows of each result, in order, as text (`None` for NULL).
+    pub results: Vec<Vec<Row>>,
 }
 
 /// Sends one simple query on an idle connection and reads up to
 /// ReadyForQuery, recording ParameterStatus changes in the slot. Leaves
 /// the socket blocking with no timeout.
-fn run_idle(
+pub(super) fn run_idle(
     server: BorrowedFd<'_>,
     slot: &Slot,
     sql: &str,
     timeout: Duration,
 ) -> Result<Answer, SessionError> {
-    io::set_nonblocking(server, false)?;
-    io::set_timeouts(server, Some(timeout))?;
     let mut out = Vec::with_capacity(sql.len() + 8);
     protocol::query(&mut out, sql);
-    io::write_all(server, &out)?;
-    let mut error = None;
-    loop {
+    let mut answers = send_idle(server, slot, &out, 1, timeout)?;
+    Ok(answers.pop().unwrap_or_default())
+}
+
+/// Sends `requests` (messages that `count` ReadyForQuery will answer) on
+/// an idle connection and reads the answers, recording ParameterStatus
+/// changes in the slot. Leaves the socket blocking with no timeout.
+pub(super) fn send_idle(
+    server: BorrowedFd<'_>,
+    slot: &Slot,
+    requests: &[u8],
+    count: usize,
+    timeout: Duration,
+) -> Result<Vec<Answer>, SessionError> {
+    io::set_nonblocking(server, false)?;
+    io::set_timeouts(server, Some(timeout))?;
+    io::write_all(server, requests)?;
+    let mut answers = Vec::with_capacity(count);
+    let mut answer = Answer::default();
+    while answers.len() < count {
         let msg = protocol::read_message(&mut FdIo(server), MAX_ANSWER)?;
         match msg.tag {
             backend::PARAMETER_STATUS => {
@@ -97,19 +121,41 @@ fn run_idle(
                     slot.set_startup(&params::startup_with(&slot.startup(), k, v));
                 }
             }
-            backend::ERROR_RESPONSE => {
-                error = Some(ErrorResponse::parse(&msg.body).unwrap_or_else(|_| {
+            backend::ERROR_RESPONSE if answer.error.is_none() => {
+                answer.error = Some(ErrorResponse::parse(&msg.body).unwrap_or_else(|_| {
                     ErrorResponse::error(sqlstate::PROTOCOL_VIOLATION, "unreadable error")
                 }))
             }
+            backend::ROW_DESCRIPTION => answer.results.push(Vec::new()),
+            backend::DATA_ROW => {
+                let row = data_row(&msg.body)?;
+                match answer.results.last_mut() {
+                    Some(rows) => rows.push(row),
+                    None => answer.results.push(vec![row]),
+                }
+            }
             backend::READY_FOR_QUERY => {
-                io::set_timeouts(server, None)?;
-                return Ok(Answer {
-                    error,
-                    idle: msg.body.first() == Some(&b'I'),
-                });
+                answer.idle = msg.body.first() == Some(&b'I');
+                answers.push(std::mem::take(&mut answer));
             }
             _ => {}
         }
     }
+    io::set_timeouts(server, None)?;
+    Ok(answers)
+}
+
+/// The columns of a DataRow, as text.
+fn data_row(body: &[u8]) -> Result<Row, ProtocolError> {
+    let mut r = BodyReader::named(body, "DataRow");
+    let count = r.read_i16()?;
+    let mut row = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(64));
+    for _ in 0..count {
+        let len = r.read_i32()?;
+        row.push(match usize::try_from(len) {
+            Ok(len) => Some(String::from_utf8_lossy(r.read_bytes(len)?).into_owned()),
+            Err(_) => None,
+        });
+    }
+    Ok(row)
 }

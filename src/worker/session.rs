@@ -266,11 +266,14 @@ impl<'a> Session<'a> {
             admission: &self.admission,
             sockets: std::mem::take(&mut self.sockets),
             desired,
-            settings: server::settings::hash(self.ctx.statement_key, &self.startup.params),
+            settings_key: server::settings::hash(self.ctx.statement_key, &self.startup.params),
             secret: self.secret,
             held: None,
             pinned,
             state_pinned: false,
+            settings: Default::default(),
+            settings_changed: false,
+            custom_names: Vec::new(),
             statements: SlotStatements { slot: None },
         };
         let rewriter = if main.max_prepared_statements > 0 {

@@ -1,10 +1,15 @@
 //! The worker's side of transaction pooling: a server connection for each
-//! transaction, with the client's parameters and cancel key moved along.
-//! A connection that may not be shared (relayed SCRAM login) is pinned: it
-//! stays with its client for the whole session and is closed when the
-//! client leaves. So is one the client has left session state on that
-//! cannot follow it (see `pipeline::session_sql`); that one is reset with
-//! `DISCARD ALL` when the client leaves and goes back to the pool.
+//! transaction, with the client's parameters, settings and cancel key
+//! moved along. A client's session-level settings are read from the
+//! connection and reset when a transaction may have changed them, and set
+//! again on the connection its next transaction gets
+//! (`server::settings_follow`), so a connection goes back to the pool in
+//! its login state. A connection that may not be shared (relayed SCRAM
+//! login) is pinned: it stays with its client for the whole session and is
+//! closed when the client leaves. So is one the client has left session
+//! state on that cannot follow it (see `pipeline::session_sql`); that one
+//! is reset with `DISCARD ALL` when the client leaves and goes back to the
+//! pool.
 
 use std::os::fd::{BorrowedFd, RawFd};
 
@@ -18,6 +23,7 @@ use crate::pipeline::session_sql::PinReason;
 use crate::pipeline::transaction::Attach;
 use crate::pool::{self, Verdict, Want};
 use crate::protocol::{sqlstate, ErrorResponse, StartupMessage};
+use crate::server::settings_follow::{self, ClientSettings};
 use crate::server::Login;
 
 pub struct WorkerAttach<'a> {
@@ -33,7 +39,7 @@ pub struct WorkerAttach<'a> {
     /// since; the others are the attached connection's login values.
     pub desired: Params,
     /// The pool key of the client's login settings (`server::settings`).
-    pub settings: u64,
+    pub settings_key: u64,
     /// Secret half of the client's cancel key.
     pub secret: i32,
     /// The connection attached now, if any.
@@ -43,6 +49,14 @@ pub struct WorkerAttach<'a> {
     /// `pinned` holds session state of the client's (counted in the
     /// segment until the client leaves or the connection is lost).
     pub state_pinned: bool,
+    /// The client's session-level settings as the server last reported
+    /// them; set on every connection it is given.
+    pub settings: ClientSettings,
+    /// The transaction running may have changed them.
+    pub settings_changed: bool,
+    /// Qualified setting names the client has set or reset: placeholders
+    /// the server is asked for by name.
+    pub custom_names: Vec<String>,
     pub statements: SlotStatements<'a>,
 }
 
@@ -63,7 +77,7 @@ impl WorkerAttach<'_> {
                         database: &self.database,
                         user: &self.user,
                         limit: self.limit,
-                        settings: self.settings,
+                        settings: self.settings_key,
                     },
                     startup: self.startup,
                     login,
@@ -93,6 +107,100 @@ impl WorkerAttach<'_> {
         }
         self.sockets.forget(index);
         pool::check_in(self.ctx.segment, index, self.me, Verdict::Dirty);
+    }
+
+    /// Sets the client's settings on a connection just taken from the
+    /// pool. One the server refuses fails the client's statement and is
+    /// dropped from the record, as the server refused it; the connection is
+    /// reset and given back.
+    fn restore(&mut self, held: Held) -> Result<(), ErrorResponse> {
+        let slot = &self.ctx.segment.slots()[held.index];
+        // SAFETY: the slot's socket, open while we hold the slot (`Held`).
+        let server = unsafe { BorrowedFd::borrow_raw(held.fd) };
+        let timeout = super::attach::connect_timeout(self.ctx);
+        let failure = match settings_follow::replay(server, slot, &self.settings, timeout) {
+            Ok(None) => match crate::fdio::set_nonblocking(server, true) {
+                Ok(()) => return Ok(()),
+                Err(e) => ErrorResponse::error(sqlstate::CONNECTION_FAILURE, e.to_string()),
+            },
+            Ok(Some(refused)) => {
+                log::warn!(
+                    "{}/{}: the server refused to set {} again ({}); dropped",
+                    self.user,
+                    self.database,
+                    refused.names.join(", "),
+                    refused.error.message
+                );
+                for name in &refused.names {
+                    self.settings.remove(name);
+                }
+                let mut error = refused.error;
+                error.severity = "ERROR".into();
+                error.detail.get_or_insert_with(|| {
+                    format!(
+                        "The session setting {} could not be restored on a pooled connection and was dropped.",
+                        refused.names.join(", ")
+                    )
+                });
+                error
+            }
+            Err(e) => {
+                log::warn!(
+                    "{}/{}: setting the session settings on backend {} failed: {e}",
+                    self.user,
+                    self.database,
+                    slot.backend_pid()
+                );
+                ErrorResponse::error(
+                    sqlstate::CONNECTION_FAILURE,
+                    format!("the session settings could not be restored: {e}"),
+                )
+            }
+        };
+        let verdict = match settings_follow::reset(server, slot, timeout) {
+            Ok(()) => Verdict::Clean,
+            Err(_) => {
+                self.sockets.forget(held.index);
+                Verdict::ResetFailed
+            }
+        };
+        slot.set_client_key(0);
+        pool::check_in(self.ctx.segment, held.index, self.me, verdict);
+        Err(failure)
+    }
+
+    /// Reads the client's settings off the connection it leaves and
+    /// returns the connection to its login state: how it may go back.
+    fn release_settings(&mut self, held: Held) -> Verdict {
+        self.settings_changed = false;
+        let slot = &self.ctx.segment.slots()[held.index];
+        // SAFETY: the slot's socket, open while we hold the slot (`Held`).
+        let server = unsafe { BorrowedFd::borrow_raw(held.fd) };
+        let timeout = super::attach::connect_timeout(self.ctx);
+        match settings_follow::capture_and_reset(
+            server,
+            slot,
+            &self.user,
+            &self.custom_names,
+            timeout,
+        ) {
+            Ok(settings) => {
+                self.settings = settings;
+                Verdict::Clean
+            }
+            Err(e) => {
+                // The client's record stays as it was; the connection,
+                // in an unknown state, is closed.
+                log::warn!(
+                    "{}/{}: reading and resetting the session settings of backend {} failed: {e}",
+                    self.user,
+                    self.database,
+                    slot.backend_pid()
+                );
+                self.sockets.forget(held.index);
+                Verdict::ResetFailed
+            }
+        }
     }
 
     fn unpinned(&mut self) {
@@ -166,8 +274,13 @@ impl ServerStatements for SlotStatements<'_> {
 
 impl Attach for WorkerAttach<'_> {
     fn attach(&mut self) -> Result<RawFd, ErrorResponse> {
+        // A pinned connection keeps the client's settings on it.
+        let from_pool = self.pinned.is_none();
         match self.get() {
             Ok(held) => {
+                if from_pool && self.pinned.is_none() && !self.settings.is_empty() {
+                    self.restore(held)?;
+                }
                 self.held = Some(held);
                 self.statements.slot = Some(&self.ctx.segment.slots()[held.index]);
                 Ok(held.fd)
@@ -183,14 +296,21 @@ impl Attach for WorkerAttach<'_> {
 
     fn detach(&mut self, clean: bool) {
         self.statements.slot = None;
-        let Some(Held { index, .. }) = self.held.take() else {
+        let Some(held) = self.held.take() else {
             return;
         };
+        let index = held.index;
         self.ctx.segment.slots()[index].set_client_key(0);
         if !clean {
+            self.settings_changed = false;
             self.close(index);
         } else if self.pinned.is_none() {
-            pool::check_in(self.ctx.segment, index, self.me, Verdict::Clean);
+            let verdict = if self.settings_changed || !self.settings.is_empty() {
+                self.release_settings(held)
+            } else {
+                Verdict::Clean
+            };
+            pool::check_in(self.ctx.segment, index, self.me, verdict);
         }
     }
 
@@ -206,15 +326,30 @@ impl Attach for WorkerAttach<'_> {
         }
     }
 
+    /// A pinned connection keeps everything with its client, settings
+    /// included, until the client leaves.
     fn watches(&self) -> bool {
-        self.ctx.config.main.pin_session_state && self.pinned.is_none()
+        self.pinned.is_none()
+    }
+
+    fn settings_changed(&mut self, custom: &[String]) {
+        if self.held.is_some() && self.pinned.is_none() {
+            self.settings_changed = true;
+            for name in custom {
+                if self.custom_names.len() < settings_follow::MAX_CUSTOM
+                    && !self.custom_names.contains(name)
+                {
+                    self.custom_names.push(name.clone());
+                }
+            }
+        }
     }
 
     fn pin(&mut self, why: PinReason) {
         let Some(held) = self.held else {
             return;
         };
-        if self.pinned.is_some() {
+        if self.pinned.is_some() || !self.ctx.config.main.pin_session_state {
             return;
         }
         self.pinned = Some(held);

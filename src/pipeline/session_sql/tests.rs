@@ -1,8 +1,16 @@
 use super::*;
 use proptest::prelude::*;
 
+fn pin_reason(sql: &[u8]) -> Option<PinReason> {
+    inspect(sql).pin
+}
+
 fn pins(sql: &str) -> bool {
     pin_reason(sql.as_bytes()).is_some()
+}
+
+fn changes(sql: &str) -> bool {
+    inspect(sql.as_bytes()).settings
 }
 
 #[test]
@@ -59,35 +67,60 @@ fn each_kind_pins() {
         ),
         ("PREPARE p AS SELECT 1", PinReason::Prepare),
         ("LOAD 'auto_explain'", PinReason::Load),
-        ("SET work_mem = '8MB'", PinReason::Set("work_mem".into())),
-        (
-            "set session search_path to x",
-            PinReason::Set("search_path".into()),
-        ),
-        ("SET myext.flag = on", PinReason::Set("myext".into())),
-        ("SET \"Work_Mem\" TO 1", PinReason::Set("work_mem".into())),
-        ("RESET ALL", PinReason::Set("all".into())),
-        ("RESET work_mem", PinReason::Set("work_mem".into())),
-        ("SET ROLE other", PinReason::Role),
-        ("SET SESSION AUTHORIZATION other", PinReason::Role),
-        ("RESET ROLE", PinReason::Role),
-        ("RESET SESSION AUTHORIZATION", PinReason::Role),
-        (
-            "SELECT set_config('work_mem', '8MB', false)",
-            PinReason::SetConfig,
-        ),
-        (
-            "SELECT set_config('work_mem', '8MB', $1)",
-            PinReason::SetConfig,
-        ),
-        (
-            "SELECT set_config('a.b', f(1, 2), false)",
-            PinReason::SetConfig,
-        ),
     ];
     for (sql, want) in cases {
         assert_eq!(pin_reason(sql.as_bytes()).as_ref(), Some(want), "{sql}");
     }
+}
+
+#[test]
+fn session_settings_are_changes_not_pins() {
+    for sql in [
+        "SET work_mem = '8MB'",
+        "set session search_path to x",
+        "SET myext.flag = on",
+        "SET \"Work_Mem\" TO 1",
+        "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+        "RESET ALL",
+        "RESET work_mem",
+        "SET ROLE other",
+        "SET SESSION AUTHORIZATION other",
+        "RESET ROLE",
+        "RESET SESSION AUTHORIZATION",
+        "DISCARD ALL",
+        "SELECT set_config('work_mem', '8MB', false)",
+        "SELECT set_config('work_mem', '8MB', $1)",
+        "SELECT set_config('a.b', f(1, 2), false)",
+        "CALL p()",
+        "DO $$BEGIN PERFORM set_config('a.b', 'c', false); END$$",
+        "BEGIN; SELECT 1; SET work_mem = 1; COMMIT",
+        "CREATE TEMP TABLE t AS SELECT set_config('a.b', 'c', false)",
+    ] {
+        assert!(changes(sql), "{sql}");
+        assert!(!pins(sql) || sql.starts_with("CREATE TEMP"), "{sql}");
+    }
+    let both = inspect(b"SET work_mem = 1; LISTEN x; SET ROLE r");
+    assert_eq!(both.pin, Some(PinReason::Listen));
+    assert!(both.settings);
+}
+
+#[test]
+fn qualified_names_are_noted() {
+    let f = inspect(
+        b"SET app.Tenant = 1; RESET \"App\".\"Other\"; SELECT set_config('app.user', 'x', false); \
+          SELECT set_config('app.local', 'x', true); SET app.tenant = 2; SET work_mem = 1; \
+          SELECT set_config('odd''.name', 'x', false); SET custom.my.qualified.guc = 'foo'",
+    );
+    assert!(f.settings);
+    assert_eq!(
+        f.custom,
+        [
+            "app.tenant",
+            "app.other",
+            "app.user",
+            "custom.my.qualified.guc"
+        ]
+    );
 }
 
 #[test]
@@ -108,20 +141,21 @@ fn transaction_scoped_and_carried_state_does_not_pin() {
         "RESET client_encoding",
         "DECLARE c CURSOR FOR SELECT 1",
         "PREPARE TRANSACTION 'gid'",
-        "DISCARD ALL",
+        "DISCARD PLANS",
+        "DO $$BEGIN PERFORM 1; END$$",
         "UNLISTEN *",
         "SELECT pg_advisory_lock",
         "BEGIN; SELECT 1; COMMIT",
         "",
         ";;;",
     ] {
-        assert!(!pins(sql), "{sql}");
+        assert_eq!(inspect(sql.as_bytes()), Findings::default(), "{sql}");
     }
 }
 
 #[test]
 fn several_statements() {
-    assert!(pins("BEGIN; SELECT 1; SET work_mem = 1; COMMIT"));
+    assert!(pins("BEGIN; SELECT 1; CREATE TEMP TABLE t (); COMMIT"));
     assert!(pins("select 1;listen x"));
     assert!(!pins("SELECT 'x; LISTEN y'; SELECT 2"));
 }
@@ -142,8 +176,10 @@ fn literals_comments_and_quoted_names_hide_keywords() {
         "SELECT U&'; LISTEN x'",
         "SELECT x'ff', b'01'",
         "SELECT a$$b; SELECT 1",
+        "SELECT 'SET ROLE x'",
+        "SELECT 1 -- RESET ALL",
     ] {
-        assert!(!pins(sql), "{sql}");
+        assert_eq!(inspect(sql.as_bytes()), Findings::default(), "{sql}");
     }
     // Outside the literal it still counts.
     assert!(pins("SELECT E'\\\\'; LISTEN x"));
@@ -158,11 +194,23 @@ fn unlexable_text_pins_only_on_a_telling_word() {
         Some(PinReason::Unlexable)
     );
     assert_eq!(
-        pin_reason(b"SELECT 1 /* never closed SET"),
-        Some(PinReason::Unlexable)
+        inspect(b"SELECT 1 /* never closed SET"),
+        Findings {
+            pin: None,
+            settings: true,
+            ..Findings::default()
+        }
     );
-    assert_eq!(pin_reason(b"SELECT 'unterminated"), None);
-    assert_eq!(pin_reason(b"SELECT \"open"), None);
+    assert_eq!(
+        inspect(b"SELECT 1 /* never closed LOAD"),
+        Findings {
+            pin: Some(PinReason::Unlexable),
+            settings: false,
+            ..Findings::default()
+        }
+    );
+    assert_eq!(inspect(b"SELECT 'unterminated"), Findings::default());
+    assert_eq!(inspect(b"SELECT \"open"), Findings::default());
 }
 
 #[test]
@@ -184,10 +232,12 @@ const KEYWORDS: &[&str] = &[
     "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
     "RESET ALL",
     "; into temp",
+    "CALL p()",
+    "DISCARD ALL",
 ];
 
 proptest! {
-    /// The quick test that skips lexing never skips text that pins.
+    /// The quick test that skips lexing never skips text that counts.
     #[test]
     fn skipping_the_lexer_loses_no_pin(
         parts in proptest::collection::vec(
@@ -199,22 +249,22 @@ proptest! {
         )
     ) {
         let sql = parts.concat();
-        prop_assert_eq!(pin_reason(sql.as_bytes()), lexed(sql.as_bytes()), "{}", sql);
+        prop_assert_eq!(inspect(sql.as_bytes()), lexed(sql.as_bytes()), "{}", sql);
     }
 
     #[test]
     fn never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-        let _ = pin_reason(&bytes);
+        let _ = inspect(&bytes);
         let _ = parse_query(&bytes);
     }
 
     #[test]
     fn never_panics_on_sql_like_text(s in "[ -~\n]{0,200}") {
-        let _ = pin_reason(s.as_bytes());
+        let _ = inspect(s.as_bytes());
     }
 
     #[test]
-    fn hidden_keywords_never_pin(
+    fn hidden_keywords_never_count(
         k in proptest::sample::select(KEYWORDS),
         filler in "[a-z0-9 ]{0,20}",
         how in 0usize..7,
@@ -229,9 +279,9 @@ proptest! {
             5 => format!("SELECT E'{filler}\\'{quoted}'"),
             _ => format!("SELECT $${k}{filler}$$"),
         };
-        prop_assert_eq!(pin_reason(hidden.as_bytes()), None, "{}", hidden);
-        // The same text outside the hiding place does pin.
+        prop_assert_eq!(inspect(hidden.as_bytes()), Findings::default(), "{}", hidden);
+        // The same text outside the hiding place does count.
         let open = format!("{hidden}; {k}");
-        prop_assert!(pin_reason(open.as_bytes()).is_some(), "{}", open);
+        prop_assert_ne!(inspect(open.as_bytes()), Findings::default(), "{}", open);
     }
 }

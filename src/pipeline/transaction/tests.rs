@@ -117,6 +117,9 @@ impl Attach for &mut OneServer {
         assert!(self.attached, "pinned while not attached");
         self.pins.push(why);
     }
+    fn settings_changed(&mut self, _: &[String]) {
+        assert!(self.attached, "settings changed while not attached");
+    }
 }
 
 /// A simple query, a named statement prepared and described, bound and
