@@ -155,6 +155,27 @@ fn notify_reaches_the_listener_in_a_later_transaction() {
 }
 
 #[test]
+fn a_notification_reaches_an_idle_listener_at_once() {
+    // Another client's NOTIFY while the listener sends nothing at all: the
+    // notification must arrive without the listener's next query, as
+    // drivers' LISTEN loops (psycopg's, asyncpg's) expect.
+    let (_pg, pc) = start("");
+    let mut a = pc.connect();
+    let mut b = pc.connect();
+    a.batch_execute("LISTEN idle_chan").expect("listen");
+    b.batch_execute("NOTIFY idle_chan, 'while idle'")
+        .expect("notify");
+    let got = a
+        .notifications()
+        .timeout_iter(LONG)
+        .next()
+        .expect("notifications")
+        .expect("a notification while idle");
+    assert_eq!(got.payload(), "while idle");
+    assert!(check(&mut a, "select true"), "the session goes on");
+}
+
+#[test]
 fn session_advisory_lock_is_kept_and_hidden() {
     let (pg, pc) = start("");
     let mut a = pc.connect();

@@ -186,6 +186,13 @@ pub trait Attach {
     /// on the attached connection; `custom` are the qualified names it
     /// sets, as far as they can be read.
     fn settings_changed(&mut self, custom: &[String]);
+    /// The connection stays with this client between transactions
+    /// (pinned): it stays attached, so that what the server sends on its
+    /// own meanwhile (a notification for a LISTEN, a notice, its end)
+    /// reaches the client at once, as it would directly.
+    fn keeps_connection(&self) -> bool {
+        false
+    }
 }
 
 pub struct Transaction<'a, A: Attach> {
@@ -360,7 +367,11 @@ impl<'a, A: Attach> Transaction<'a, A> {
         }
         // Idle between transactions with everything for the server written:
         // the connection goes back.
-        if self.server.is_some() && self.idle() && self.to_server.pending() == 0 {
+        if self.server.is_some()
+            && self.idle()
+            && self.to_server.pending() == 0
+            && !self.attach.keeps_connection()
+        {
             self.server = None;
             self.attach.detach(true);
         }

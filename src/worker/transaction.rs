@@ -332,6 +332,10 @@ impl Attach for WorkerAttach<'_> {
         self.pinned.is_none()
     }
 
+    fn keeps_connection(&self) -> bool {
+        self.pinned.is_some()
+    }
+
     fn settings_changed(&mut self, custom: &[String]) {
         if self.held.is_some() && self.pinned.is_none() {
             self.settings_changed = true;
