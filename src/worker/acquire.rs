@@ -27,6 +27,17 @@ pub struct Held {
     pub fresh: bool,
 }
 
+impl Held {
+    /// The slot's socket.
+    pub fn server(&self) -> BorrowedFd<'_> {
+        // SAFETY: `fd` stays open while the worker holds the slot (its
+        // `Sockets` or the inherited pooled range keep it), and a `Held`
+        // is let go when the slot is checked in or closed; the borrow
+        // lasts no longer than the `Held` it comes from.
+        unsafe { BorrowedFd::borrow_raw(self.fd) }
+    }
+}
+
 /// What a connection is asked for.
 pub struct Request<'a> {
     pub want: Want<'a>,
@@ -61,8 +72,7 @@ pub fn acquire(
         }
     };
     let slot = &ctx.segment.slots()[held.index];
-    // SAFETY: the slot's socket, open while we hold the slot (`Held`).
-    let server = unsafe { BorrowedFd::borrow_raw(held.fd) };
+    let server = held.server();
     let timeout = attach::connect_timeout(ctx);
     if let Err(e) = server::session::sync_params(server, slot, req.desired, timeout) {
         sockets.forget(held.index);

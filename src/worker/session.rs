@@ -199,8 +199,7 @@ impl<'a> Session<'a> {
         let Some(held) = self.held else {
             return Outcome::AttachFailed;
         };
-        // SAFETY: the slot's socket, open while we hold the slot (`Held`).
-        let server = unsafe { BorrowedFd::borrow_raw(held.fd) };
+        let server = held.server();
         let idle_limit = self.ctx.config.main.disconnect_client;
         let (outcome, state) = super::run_pipeline(self.client, server, idle_limit);
         self.finish(kind, &outcome, &state);
@@ -217,8 +216,7 @@ impl<'a> Session<'a> {
         let verdict = if !outcome.leaves_server_reusable(state) {
             Verdict::Dirty
         } else if kind == PipelineKind::Session && pool::may_be_shared(slot) {
-            // SAFETY: the slot's socket, open while we hold the slot.
-            let server = unsafe { BorrowedFd::borrow_raw(held.fd) };
+            let server = held.server();
             if server::session::reset(server, slot, attach::connect_timeout(self.ctx)) {
                 Verdict::Clean
             } else {

@@ -11,7 +11,7 @@
 //! is reset with `DISCARD ALL` when the client leaves and goes back to the
 //! pool.
 
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::RawFd;
 
 use super::acquire::{self, Held, Request};
 use super::attach::Sockets;
@@ -87,8 +87,7 @@ impl WorkerAttach<'_> {
                 acquire::acquire(self.ctx, &mut self.sockets, self.me, &req)?
             }
         };
-        // SAFETY: the slot's socket, open while we hold the slot (`Held`).
-        let server = unsafe { BorrowedFd::borrow_raw(held.fd) };
+        let server = held.server();
         if let Err(e) = crate::fdio::set_nonblocking(server, true) {
             self.close(held.index);
             return Err(WorkerError::ClientProtocol(e.into()));
@@ -115,8 +114,7 @@ impl WorkerAttach<'_> {
     /// reset and given back.
     fn restore(&mut self, held: Held) -> Result<(), ErrorResponse> {
         let slot = &self.ctx.segment.slots()[held.index];
-        // SAFETY: the slot's socket, open while we hold the slot (`Held`).
-        let server = unsafe { BorrowedFd::borrow_raw(held.fd) };
+        let server = held.server();
         let timeout = super::attach::connect_timeout(self.ctx);
         let failure = match settings_follow::replay(server, slot, &self.settings, timeout) {
             Ok(None) => match crate::fdio::set_nonblocking(server, true) {
@@ -174,8 +172,7 @@ impl WorkerAttach<'_> {
     fn release_settings(&mut self, held: Held) -> Verdict {
         self.settings_changed = false;
         let slot = &self.ctx.segment.slots()[held.index];
-        // SAFETY: the slot's socket, open while we hold the slot (`Held`).
-        let server = unsafe { BorrowedFd::borrow_raw(held.fd) };
+        let server = held.server();
         let timeout = super::attach::connect_timeout(self.ctx);
         match settings_follow::capture_and_reset(
             server,
@@ -222,8 +219,7 @@ impl Drop for WorkerAttach<'_> {
         if let Some(pinned) = self.pinned.take() {
             let slot = &self.ctx.segment.slots()[pinned.index];
             let verdict = if self.state_pinned && pool::may_be_shared(slot) {
-                // SAFETY: the slot's socket, open while we hold the slot.
-                let server = unsafe { BorrowedFd::borrow_raw(pinned.fd) };
+                let server = pinned.server();
                 let timeout = super::attach::connect_timeout(self.ctx);
                 if crate::server::session::reset(server, slot, timeout) {
                     Verdict::Clean
