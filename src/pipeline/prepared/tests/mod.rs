@@ -583,3 +583,4 @@ fn deallocate_all_and_discard_all_forget_every_statement() {
 }
 
 mod lifecycle;
+mod stale;
