@@ -216,7 +216,7 @@ fn a_name_described_before_its_text_changed_result_is_refused() {
     let refusal = error("0A000", "cached plan must not change result type");
     assert_eq!(
         to_client,
-        all(&[refusal.clone()]),
+        all(std::slice::from_ref(&refusal)),
         "as PostgreSQL refuses it"
     );
     assert_eq!(
@@ -228,7 +228,7 @@ fn a_name_described_before_its_text_changed_result_is_refused() {
 
     for name in ["old", "same"] {
         let (to_server, to_client) = c.send(&mut conn, &[describe(b'S', name), sync()]);
-        assert_eq!(to_client, all(&[refusal.clone()]), "{name}");
+        assert_eq!(to_client, all(std::slice::from_ref(&refusal)), "{name}");
         assert_eq!(to_server, all(&[sync()]));
         c.recv(&mut conn, &[ready(b'I')]);
     }
