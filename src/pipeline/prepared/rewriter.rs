@@ -724,6 +724,7 @@ impl Rewriter {
                 let old = self.names.take_all();
                 server.clear();
                 self.deferred_closes.clear();
+                self.retired.clear();
                 self.responses
                     .sent(Request::Query, Show::Pass, Some(Note::ForgotAll(old)));
                 put(to_server, frontend::QUERY, body);

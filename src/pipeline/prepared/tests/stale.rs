@@ -306,3 +306,28 @@ fn result_shapes() {
     assert_eq!(result_shape(KEY, Some(&cut)), None);
     assert_eq!(result_shape(KEY, Some(&[0, 1])), None);
 }
+
+#[test]
+fn discard_all_leaves_no_stale_statement_to_close() {
+    let mut conn = Conn::new(8);
+    let mut c = Client::new();
+    c.prepare(&mut conn, "s", "select * from t");
+    c.send(&mut conn, &[query("begin"), bind("", "s"), sync()]);
+    c.recv(
+        &mut conn,
+        &[complete("BEGIN"), ready(b'T'), stale(), ready(b'E')],
+    );
+    assert!(!c.rw.is_idle(), "a close is owed");
+    c.send(&mut conn, &[query("rollback"), query("discard all")]);
+    let (housekeeping, _) = c.recv(
+        &mut conn,
+        &[
+            complete("ROLLBACK"),
+            ready(b'I'),
+            complete("DISCARD ALL"),
+            ready(b'I'),
+        ],
+    );
+    assert!(housekeeping.is_empty(), "{housekeeping:?}");
+    assert!(c.rw.is_idle());
+}
