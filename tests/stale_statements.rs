@@ -349,4 +349,9 @@ fn pipelined_statements_after_a_change() {
         ["1", "2", "Dseven", "C", "Z"],
         "the name skipped before is free"
     );
+    assert_eq!(
+        flight(&mut s, &[parse("", sql), bind(""), execute(), sync()]),
+        ["1", "2", "Dseven", "C", "Z"],
+        "the unnamed statement"
+    );
 }
