@@ -10,9 +10,12 @@ use super::{
     PreparedError, ServerStatements, DUPLICATE_PREPARED_STATEMENT, MAX_DEFERRED_CLOSES,
     MAX_OUTSTANDING, UNDEFINED_PREPARED_STATEMENT,
 };
-use crate::pipeline::responses::{Fate, Request, Responses, Show, Skipping, Synthetic};
+use crate::pipeline::responses::{
+    Fate, Request, Responses, Show, Skipping, Synthetic, STALE_PLAN_MESSAGE,
+};
 use crate::protocol::extended::{Bind, Parse, Query, Target, TargetKind};
 use crate::protocol::message::write_message;
+use crate::protocol::sqlstate;
 use crate::protocol::tag::{backend, frontend, transaction_status};
 
 /// Bookkeeping done when a request was sent, to be undone if the server
@@ -127,10 +130,6 @@ fn settle(
 }
 
 const UNDEFINED_PREPARED_STATEMENT_CODE: [u8; 5] = *b"26000";
-/// What PostgreSQL answers a Bind or Describe of a statement whose result
-/// changed since it was prepared.
-const STALE_PLAN_CODE: &str = "0A000";
-const STALE_PLAN_MESSAGE: &str = "cached plan must not change result type";
 
 /// What the caller may do with a message before holding it whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -493,7 +492,7 @@ impl Rewriter {
     ) -> Option<Rc<Statement>> {
         if self.names.outdated(name) {
             self.refuse(
-                STALE_PLAN_CODE,
+                sqlstate::FEATURE_NOT_SUPPORTED,
                 STALE_PLAN_MESSAGE.to_owned(),
                 server,
                 to_client,

@@ -558,15 +558,18 @@ pub fn sqlstate_of(body: &[u8]) -> [u8; 5] {
 /// where a server reports no routine. PostgreSQL 9.2 renamed the routine,
 /// and pgjdbc, which re-prepares on this error, checks both names too.
 pub fn plan_is_stale(body: &[u8]) -> bool {
-    const FEATURE_NOT_SUPPORTED: &[u8] = b"0A000";
-    if error_field(body, b'C') != Some(FEATURE_NOT_SUPPORTED) {
+    if error_field(body, b'C') != Some(sqlstate::FEATURE_NOT_SUPPORTED.as_bytes()) {
         return false;
     }
     match error_field(body, b'R') {
         Some(routine) => routine == b"RevalidateCachedQuery" || routine == b"RevalidateCachedPlan",
-        None => error_field(body, b'M') == Some(b"cached plan must not change result type"),
+        None => error_field(body, b'M') == Some(STALE_PLAN_MESSAGE.as_bytes()),
     }
 }
+
+/// PostgreSQL's message for a statement whose result changed since it was
+/// prepared (see [`plan_is_stale`]), with SQLSTATE 0A000.
+pub const STALE_PLAN_MESSAGE: &str = "cached plan must not change result type";
 
 /// The value of one field of an ErrorResponse (or NoticeResponse) body.
 fn error_field(body: &[u8], wanted: u8) -> Option<&[u8]> {
