@@ -9,10 +9,17 @@
 //! Describe needs it gets the Parse first. Connections share statements:
 //! two clients preparing the same text use one server statement.
 //!
-//! Because some client requests are answered here (a Parse the connection
-//! already has, a Close, an unknown name) and some requests are added (a
-//! Parse before a Bind, closes of statements evicted from the connection),
-//! the answers are matched to requests by [`Responses`]. Everything here is
+//! A client's Parse always reaches the server, replacing the connection's
+//! statement of the same text: the server analyses it against the schema
+//! as it is then. A statement the server refuses because its result changed
+//! since it was prepared is forgotten by the connection's record and closed
+//! (see `plan_is_stale`); a client name known to predate such a change is
+//! refused here as PostgreSQL would refuse it (see `Rewriter::usable`).
+//!
+//! Because some client requests are answered here (a Close, an unknown
+//! name) and some requests are added (a Parse before a Bind, closes of
+//! statements evicted from the connection or found stale), the answers are
+//! matched to requests by [`Responses`]. Everything here is
 //! pure bookkeeping on whole messages; the caller owns the sockets and the
 //! per-connection record ([`ServerStatements`]).
 //!

@@ -1,6 +1,7 @@
 //! The statements a client has named, and the server-side name every
 //! distinct statement gets.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 
@@ -16,6 +17,9 @@ pub struct Statement {
     /// parameter type count and type OIDs. This is what is hashed, so two
     /// Parses that differ only in the name are one statement.
     pub(super) text: Box<[u8]>,
+    /// The result shape (see [`result_shape`]) the server last described
+    /// for the text to this client.
+    pub(super) result: Cell<Option<u64>>,
 }
 
 impl Statement {
@@ -63,6 +67,32 @@ pub fn statement_hash(key: [u64; 2], text: &[u8]) -> u64 {
 pub(super) struct Named {
     pub(super) statement: Rc<Statement>,
     pub(super) used: u64,
+    /// The result shape the client was first given for this name.
+    pub(super) result: Option<u64>,
+}
+
+/// What PostgreSQL compares when it decides that a statement's result has
+/// changed under it (column count, names, types and type modifiers), from
+/// a statement's RowDescription, or NoData (`None` body). `None` for a
+/// malformed description. Table and column origins are left out: a table
+/// dropped and created again with the same columns changes nothing.
+pub fn result_shape(key: [u64; 2], row_description: Option<&[u8]>) -> Option<u64> {
+    let Some(body) = row_description else {
+        return Some(statement_hash(key, b"no data"));
+    };
+    let (count, mut rest) = body.split_first_chunk::<2>()?;
+    let mut shape = count.to_vec();
+    for _ in 0..u16::from_be_bytes(*count) {
+        let nul = rest.iter().position(|&b| b == 0)?;
+        shape.extend_from_slice(&rest[..=nul]);
+        // Table OID (4) and column number (2), then type OID (4), type
+        // length (2), type modifier (4) and format (2).
+        let field = rest.get(nul + 1..nul + 19)?;
+        shape.extend_from_slice(&field[6..10]);
+        shape.extend_from_slice(&field[12..16]);
+        rest = &rest[nul + 19..];
+    }
+    Some(statement_hash(key, &shape))
 }
 
 /// The client's own statement names, at most `max` of them: beyond that
@@ -131,9 +161,33 @@ impl ClientStatements {
             Named {
                 statement,
                 used: self.clock,
+                result: None,
             },
         );
         evicted
+    }
+
+    /// The server described the statement `name` maps to (unless the name
+    /// was dropped or taken for another statement meanwhile) as `shape`.
+    pub(super) fn described(&mut self, name: &[u8], statement: &Rc<Statement>, shape: u64) {
+        statement.result.set(Some(shape));
+        if let Some(named) = self.by_name.get_mut(name) {
+            if Rc::ptr_eq(&named.statement, statement) && named.result.is_none() {
+                named.result = Some(shape);
+            }
+        }
+    }
+
+    /// Whether the client was given one result shape for this name and
+    /// another for the same text since: the text's result changed after
+    /// the name was prepared, and PostgreSQL refuses such a statement.
+    pub(super) fn outdated(&self, name: &[u8]) -> bool {
+        self.by_name.get(name).is_some_and(|named| {
+            matches!(
+                (named.result, named.statement.result.get()),
+                (Some(mine), Some(latest)) if mine != latest
+            )
+        })
     }
 
     pub(super) fn remove(&mut self, name: &[u8]) -> Option<Rc<Statement>> {
@@ -161,6 +215,7 @@ impl ClientStatements {
                 Named {
                     statement,
                     used: self.clock,
+                    result: None,
                 },
             );
         }
@@ -189,6 +244,7 @@ impl ClientStatements {
             hash,
             server_name: server_name(hash),
             text: text.into(),
+            result: Cell::new(None),
         });
         // Dead entries are swept only now and then; the bound keeps the
         // map proportional to the names (plus what the queue still holds).

@@ -4,33 +4,41 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use super::registry::{ClientStatements, Named, Statement};
+use super::registry::{result_shape, ClientStatements, Named, Statement};
 use super::sql::{classify, Sql};
 use super::{
     PreparedError, ServerStatements, DUPLICATE_PREPARED_STATEMENT, MAX_DEFERRED_CLOSES,
     MAX_OUTSTANDING, UNDEFINED_PREPARED_STATEMENT,
 };
-use crate::pipeline::responses::{Fate, Request, Responses, Show, Skipping, Synthetic};
+use crate::pipeline::responses::{
+    Fate, Request, Responses, Show, Skipping, Synthetic, STALE_PLAN_MESSAGE,
+};
 use crate::protocol::extended::{Bind, Parse, Query, Target, TargetKind};
 use crate::protocol::message::write_message;
-use crate::protocol::tag::{frontend, transaction_status};
+use crate::protocol::sqlstate;
+use crate::protocol::tag::{backend, frontend, transaction_status};
 
 /// Bookkeeping done when a request was sent, to be undone if the server
 /// turns out not to have carried it out.
 #[derive(Debug)]
 enum Note {
-    /// A named client Parse, sent (`sent`) or answered here.
+    /// A named client Parse, sent with the Close before it; `had`: the
+    /// record said the connection had the statement before.
     ClientParse {
         name: Box<[u8]>,
         statement: Rc<Statement>,
         evicted: Option<(Box<[u8]>, Rc<Statement>)>,
-        sent: bool,
+        had: bool,
+        replaced: Replaced,
     },
     /// A Parse added before the client's Bind or Describe.
-    InjectedParse(Rc<Statement>),
-    /// A Bind or Describe naming a server statement the record says the
-    /// connection has.
-    Uses(Rc<Statement>),
+    InjectedParse(Rc<Statement>, Replaced),
+    /// A Bind, or a Describe of the client's name `describes`, of a server
+    /// statement the record says the connection has.
+    Uses {
+        statement: Rc<Statement>,
+        describes: Option<Box<[u8]>>,
+    },
     /// A client name dropped by Close or SQL DEALLOCATE.
     Forgot {
         name: Box<[u8]>,
@@ -40,8 +48,31 @@ enum Note {
     ForgotAll(HashMap<Box<[u8]>, Named>),
 }
 
-/// Undoes a note's bookkeeping for a request that failed or was skipped.
-fn settle(names: &mut ClientStatements, server: &mut dyn ServerStatements, note: Note, fate: Fate) {
+/// Whether the Close sent before a Parse stood in for a close that was
+/// pending (see `Rewriter::send_parse`), which is owed again if the server
+/// skips it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replaced {
+    Nothing,
+    PendingClose,
+}
+
+/// Puts a close back among those pending; the statement is not to be used.
+fn retire(retired: &mut Vec<String>, name: &str) {
+    if !retired.iter().any(|n| n == name) {
+        retired.push(name.to_owned());
+    }
+}
+
+/// Undoes a note's bookkeeping for a request that failed or was skipped;
+/// a server statement found stale goes to `retired`.
+fn settle(
+    names: &mut ClientStatements,
+    server: &mut dyn ServerStatements,
+    retired: &mut Vec<String>,
+    note: Note,
+    fate: Fate,
+) {
     if fate == Fate::Done {
         return;
     }
@@ -50,29 +81,45 @@ fn settle(names: &mut ClientStatements, server: &mut dyn ServerStatements, note:
             name,
             statement,
             evicted,
-            sent,
+            had,
+            replaced,
         } => {
             names.remove_if(&name, &statement);
             if let Some((old, s)) = evicted {
                 names.restore(old, s);
             }
-            if sent {
+            // Skipped, the Close before it was skipped too, and the server
+            // still has what it had; otherwise the Close went through.
+            if !(had && fate == Fate::Skipped) {
                 server.remove(statement.server_name());
             }
+            if fate == Fate::Skipped && replaced == Replaced::PendingClose {
+                retire(retired, statement.server_name());
+            }
         }
-        Note::InjectedParse(statement) => server.remove(statement.server_name()),
-        Note::Uses(statement) => {
+        Note::InjectedParse(statement, replaced) => {
+            server.remove(statement.server_name());
+            if fate == Fate::Skipped && replaced == Replaced::PendingClose {
+                retire(retired, statement.server_name());
+            }
+        }
+        Note::Uses { statement, .. } => match fate {
             // The record was wrong (someone ran SQL DEALLOCATE on our name,
             // or a multi-statement DISCARD ALL went by): correct it, so the
             // client's retry prepares the statement again.
-            if fate
-                == (Fate::Failed {
-                    sqlstate: *b"26000",
-                })
-            {
+            Fate::Failed {
+                sqlstate: UNDEFINED_PREPARED_STATEMENT_CODE,
+            } => server.remove(statement.server_name()),
+            // Prepared before a change to what it returns: no Bind or
+            // Describe of it can succeed again. Forgotten, the next Bind or
+            // Describe needing the text prepares it anew, and the stale one
+            // is closed.
+            Fate::Stale => {
                 server.remove(statement.server_name());
+                retire(retired, statement.server_name());
             }
-        }
+            _ => {}
+        },
         Note::Forgot { name, statement } => names.restore(name, statement),
         Note::ForgotAll(old) => {
             for (name, named) in old {
@@ -81,6 +128,8 @@ fn settle(names: &mut ClientStatements, server: &mut dyn ServerStatements, note:
         }
     }
 }
+
+const UNDEFINED_PREPARED_STATEMENT_CODE: [u8; 5] = *b"26000";
 
 /// What the caller may do with a message before holding it whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +158,10 @@ pub struct Rewriter {
     /// Evicted from the record but still on the server, to be closed once
     /// the server is idle outside a transaction (see `close_deferred`).
     deferred_closes: Vec<String>,
+    /// Found stale and forgotten by the record, still on the server: closed
+    /// with `deferred_closes` unless a Parse of the text replaces them
+    /// first, but unlike those never taken back into use.
+    retired: Vec<String>,
     /// Statement names are the client's own and reach the server as sent
     /// (`max_prepared_statements = 0`): every client message is streamed,
     /// and only the answers owed are tracked, from tags alone.
@@ -126,6 +179,7 @@ impl Rewriter {
             skipping: false,
             extended_open: false,
             deferred_closes: Vec::new(),
+            retired: Vec::new(),
             pass_through: false,
         }
     }
@@ -158,6 +212,7 @@ impl Rewriter {
             && !self.extended_open
             && !self.skipping
             && self.deferred_closes.is_empty()
+            && self.retired.is_empty()
     }
 
     /// Answers still owed to the client; a caller may stop reading from
@@ -179,6 +234,7 @@ impl Rewriter {
         self.skipping = false;
         self.extended_open = false;
         self.deferred_closes.clear();
+        self.retired.clear();
     }
 
     /// How to handle a client message with this tag, known from its header.
@@ -270,7 +326,7 @@ impl Rewriter {
             frontend::PARSE | frontend::BIND | frontend::DESCRIBE | frontend::CLOSE => {
                 // Each of these evicts at most one statement from the
                 // record, so checking here keeps the bound exact.
-                if self.deferred_closes.len() >= MAX_DEFERRED_CLOSES {
+                if self.deferred_closes.len() + self.retired.len() >= MAX_DEFERRED_CLOSES {
                     return Err(PreparedError::TooManyDeferredCloses);
                 }
                 match tag {
@@ -323,16 +379,19 @@ impl Rewriter {
         to_server: &mut Vec<u8>,
         to_client: &mut Vec<u8>,
     ) -> Result<(), PreparedError> {
-        let names = &mut self.names;
+        if tag == backend::ROW_DESCRIPTION || tag == backend::NO_DATA {
+            self.note_description(tag, body);
+        }
+        let (names, retired) = (&mut self.names, &mut self.retired);
         let skipping = self
             .responses
             .server_message(tag, body, to_client, &mut |note, fate| {
-                settle(names, server, note, fate)
+                settle(names, server, retired, note, fate)
             })?;
         if skipping == Skipping::UntilSync {
             self.skipping = true;
         }
-        if !self.deferred_closes.is_empty()
+        if !(self.deferred_closes.is_empty() && self.retired.is_empty())
             && self.responses.is_empty()
             && !self.extended_open
             && self.responses.status() == transaction_status::IDLE
@@ -340,6 +399,25 @@ impl Rewriter {
             self.close_deferred(to_server);
         }
         Ok(())
+    }
+
+    /// A statement description answering the client's Describe of one of
+    /// its names: what the name's result is, and the text's now.
+    fn note_description(&mut self, tag: u8, body: &[u8]) {
+        let Some((
+            Request::DescribeStatement,
+            Some(Note::Uses {
+                statement,
+                describes: Some(name),
+            }),
+        )) = self.responses.head()
+        else {
+            return;
+        };
+        let description = (tag == backend::ROW_DESCRIPTION).then_some(body);
+        if let Some(shape) = result_shape(self.key, description) {
+            self.names.described(name, statement, shape);
+        }
     }
 
     /// Closes the statements evicted from the record. Only now, with the
@@ -350,7 +428,7 @@ impl Rewriter {
     /// STDIN, which a Close would abort. Our own Sync ends them, so that
     /// not even an error could reach into the client's next pipeline.
     fn close_deferred(&mut self, to_server: &mut Vec<u8>) {
-        for name in self.deferred_closes.drain(..) {
+        for name in self.deferred_closes.drain(..).chain(self.retired.drain(..)) {
             put_statement_target(to_server, frontend::CLOSE, &name);
             self.responses.sent(Request::Close, Show::HideAll, None);
         }
@@ -365,10 +443,10 @@ impl Rewriter {
         server: &mut dyn ServerStatements,
         to_client: &mut Vec<u8>,
     ) {
-        let names = &mut self.names;
+        let (names, retired) = (&mut self.names, &mut self.retired);
         self.responses
             .synthetic(answer, note, to_client, &mut |note, fate| {
-                settle(names, server, note, fate)
+                settle(names, server, retired, note, fate)
             });
     }
 
@@ -397,6 +475,37 @@ impl Rewriter {
         self.refuse(UNDEFINED_PREPARED_STATEMENT, message, server, to_client);
     }
 
+    /// The statement a Bind or Describe of the client's name uses, or
+    /// `None` after refusing it as PostgreSQL would: a name the client
+    /// does not have, or one whose result has changed since it was
+    /// prepared. The latter is known when the client was described the
+    /// same text with another result since (a connection's statement that
+    /// is older than the change is refused by the server itself, see
+    /// `plan_is_stale`); the name then keeps failing, as it would on a
+    /// direct connection, though the server statement it maps to has been
+    /// prepared anew for the names prepared after the change.
+    fn usable(
+        &mut self,
+        name: &[u8],
+        server: &mut dyn ServerStatements,
+        to_client: &mut Vec<u8>,
+    ) -> Option<Rc<Statement>> {
+        if self.names.outdated(name) {
+            self.refuse(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                STALE_PLAN_MESSAGE.to_owned(),
+                server,
+                to_client,
+            );
+            return None;
+        }
+        let statement = self.names.lookup(name);
+        if statement.is_none() {
+            self.refuse_missing(name, server, to_client);
+        }
+        statement
+    }
+
     /// Whether the connection has the statement, reviving it if it only
     /// waits for its deferred close.
     fn on_server(&mut self, statement: &Statement, server: &mut dyn ServerStatements) -> bool {
@@ -414,24 +523,35 @@ impl Rewriter {
         true
     }
 
-    /// Sends the Parse for a statement the record says the connection
-    /// lacks; the caller queues the Parse's own entry.
+    /// Sends the Parse of a statement, replacing whatever the connection
+    /// has under its name; the caller queues the Parse's own entry.
     fn send_parse(
         &mut self,
         statement: &Statement,
         server: &mut dyn ServerStatements,
         to_server: &mut Vec<u8>,
-    ) {
+    ) -> Replaced {
         // Close first: the record can miss a statement the server does have
         // (a DISCARD ALL that failed, closes lost with a client that left
-        // mid-pipeline, a client's SQL PREPARE of our name). Closing a
-        // missing statement is no error; parsing an existing name is.
-        put_statement_target(to_server, frontend::CLOSE, statement.server_name());
+        // mid-pipeline, a client's SQL PREPARE of our name, one found
+        // stale). Closing a missing statement is no error; parsing an
+        // existing name is. That Close stands in for a pending one.
+        let name = statement.server_name();
+        put_statement_target(to_server, frontend::CLOSE, name);
         self.responses.sent(Request::Close, Show::HideAnswer, None);
+        let pending = self.deferred_closes.len() + self.retired.len();
+        self.deferred_closes.retain(|n| n != name);
+        self.retired.retain(|n| n != name);
+        let replaced = if self.deferred_closes.len() + self.retired.len() < pending {
+            Replaced::PendingClose
+        } else {
+            Replaced::Nothing
+        };
         statement.write_parse(to_server);
-        if let Some(evicted) = server.insert(statement.server_name()) {
+        if let Some(evicted) = server.insert(name) {
             self.deferred_closes.push(evicted);
         }
+        replaced
     }
 
     /// Makes sure the connection has the statement before a Bind or
@@ -443,11 +563,11 @@ impl Rewriter {
         to_server: &mut Vec<u8>,
     ) {
         if !self.on_server(statement, server) {
-            self.send_parse(statement, server, to_server);
+            let replaced = self.send_parse(statement, server, to_server);
             self.responses.sent(
                 Request::Parse,
                 Show::HideAnswer,
-                Some(Note::InjectedParse(statement.clone())),
+                Some(Note::InjectedParse(statement.clone(), replaced)),
             );
         }
     }
@@ -475,19 +595,21 @@ impl Rewriter {
         }
         let statement = self.names.intern(self.key, text)?;
         let evicted = self.names.insert(name, statement.clone());
-        let sent = !self.on_server(&statement, server);
+        // Sent even when the connection has the statement: PostgreSQL
+        // analyses a Parse against the schema as it is then, and the
+        // connection's statement may predate a change to what the text
+        // returns (see `plan_is_stale`), which a Bind of it would then
+        // report, though a direct Parse now would succeed.
+        let had = server.contains(statement.server_name());
+        let replaced = self.send_parse(&statement, server, to_server);
         let note = Note::ClientParse {
             name: name.into(),
-            statement: statement.clone(),
+            statement,
             evicted,
-            sent,
+            had,
+            replaced,
         };
-        if sent {
-            self.send_parse(&statement, server, to_server);
-            self.responses.sent(Request::Parse, Show::Pass, Some(note));
-        } else {
-            self.answer(Synthetic::ParseComplete, Some(note), server, to_client);
-        }
+        self.responses.sent(Request::Parse, Show::Pass, Some(note));
         Ok(())
     }
 
@@ -505,8 +627,7 @@ impl Rewriter {
             put(to_server, frontend::BIND, body);
             return Ok(());
         }
-        let Some(statement) = self.names.lookup(name) else {
-            self.refuse_missing(name, server, to_client);
+        let Some(statement) = self.usable(name, server, to_client) else {
             return Ok(());
         };
         self.ensure(&statement, server, to_server);
@@ -515,8 +636,11 @@ impl Rewriter {
             ..bind
         }
         .write(to_server);
-        self.responses
-            .sent(Request::Bind, Show::Pass, Some(Note::Uses(statement)));
+        let note = Note::Uses {
+            statement,
+            describes: None,
+        };
+        self.responses.sent(Request::Bind, Show::Pass, Some(note));
         Ok(())
     }
 
@@ -540,17 +664,17 @@ impl Rewriter {
             put(to_server, frontend::DESCRIBE, body);
             return Ok(());
         }
-        let Some(statement) = self.names.lookup(name) else {
-            self.refuse_missing(name, server, to_client);
+        let Some(statement) = self.usable(name, server, to_client) else {
             return Ok(());
         };
         self.ensure(&statement, server, to_server);
         put_statement_target(to_server, frontend::DESCRIBE, statement.server_name());
-        self.responses.sent(
-            Request::DescribeStatement,
-            Show::Pass,
-            Some(Note::Uses(statement)),
-        );
+        let note = Note::Uses {
+            statement,
+            describes: Some(name.into()),
+        };
+        self.responses
+            .sent(Request::DescribeStatement, Show::Pass, Some(note));
         Ok(())
     }
 
@@ -599,6 +723,7 @@ impl Rewriter {
                 let old = self.names.take_all();
                 server.clear();
                 self.deferred_closes.clear();
+                self.retired.clear();
                 self.responses
                     .sent(Request::Query, Show::Pass, Some(Note::ForgotAll(old)));
                 put(to_server, frontend::QUERY, body);

@@ -80,6 +80,10 @@ pub enum Fate {
     /// Answered with an ErrorResponse carrying this SQLSTATE (all zeros if
     /// the server gave none).
     Failed { sqlstate: [u8; 5] },
+    /// Answered with the error that says the prepared statement's plan no
+    /// longer fits it (see [`plan_is_stale`]): failed, and the statement
+    /// named in the request must not be used again.
+    Stale,
     /// Never carried out: the server skipped it after an earlier error.
     Skipped,
 }
@@ -209,6 +213,17 @@ impl<U> Responses<U> {
         }
     }
 
+    /// The request whose answer comes next, with its note.
+    pub fn head(&self) -> Option<(Request, Option<&U>)> {
+        match self.queue.front()? {
+            Entry {
+                what: What::Sent { request, .. },
+                note,
+            } => Some((*request, note.as_ref())),
+            _ => None,
+        }
+    }
+
     /// Records a request just sent to the server. The queue has no bound
     /// of its own: the caller limits how much it lets a client pipeline.
     pub fn sent(&mut self, request: Request, show: Show, note: Option<U>) {
@@ -311,7 +326,12 @@ impl<U> Responses<U> {
                 failed.get_or_insert(code);
                 return Ok(Skipping::No);
             }
-            let skipping = self.skip_until_sync(code, on);
+            let fate = if plan_is_stale(body) {
+                Fate::Stale
+            } else {
+                Fate::Failed { sqlstate: code }
+            };
+            let skipping = self.skip_until_sync(fate, on);
             self.emit_ready(out, on);
             return Ok(skipping);
         }
@@ -372,8 +392,9 @@ impl<U> Responses<U> {
     /// follows up to the next Sync: drop those entries (their synthetic
     /// answers included, as PostgreSQL would not have given them) and
     /// report them newest first, so that undoing them in that order
-    /// restores the state from before the failed request.
-    fn skip_until_sync(&mut self, code: [u8; 5], on: &mut dyn FnMut(U, Fate)) -> Skipping {
+    /// restores the state from before the failed request, which gets
+    /// `failed`.
+    fn skip_until_sync(&mut self, failed: Fate, on: &mut dyn FnMut(U, Fate)) -> Skipping {
         let sync = self.queue.iter().position(|e| {
             matches!(
                 e.what,
@@ -387,11 +408,7 @@ impl<U> Responses<U> {
         let dropped: Vec<Entry<U>> = self.queue.drain(..end).collect();
         for (i, entry) in dropped.into_iter().enumerate().rev() {
             if let Some(note) = entry.note {
-                let fate = if i == 0 {
-                    Fate::Failed { sqlstate: code }
-                } else {
-                    Fate::Skipped
-                };
+                let fate = if i == 0 { failed } else { Fate::Skipped };
                 on(note, fate);
             }
         }
@@ -518,23 +535,56 @@ fn code_bytes(code: &str) -> [u8; 5] {
 /// The SQLSTATE of an ErrorResponse body, scanned in place (this runs on
 /// every error passing through); all zeros when there is none.
 pub fn sqlstate_of(body: &[u8]) -> [u8; 5] {
+    match error_field(body, b'C') {
+        Some(value) if value.len() == 5 => {
+            let mut c = [0u8; 5];
+            c.copy_from_slice(value);
+            c
+        }
+        _ => [b'0'; 5],
+    }
+}
+
+/// Whether an ErrorResponse says that a prepared statement can no longer
+/// be used because what it returns has changed since it was prepared (a
+/// column's type altered, `SELECT *` over a table dropped and created
+/// again with other columns): PostgreSQL re-plans a statement after a
+/// schema change, but refuses, for good, one whose result would then
+/// differ from the description its Parse gave. That refusal is the only
+/// error the plan cache's revalidation raises itself (errors a fresh Parse
+/// would meet as well, a dropped table, come from the parser, with their
+/// own codes), so it is known by SQLSTATE 0A000 and the routine, which
+/// unlike the message is not translated; the message is compared only
+/// where a server reports no routine. PostgreSQL 9.2 renamed the routine,
+/// and pgjdbc, which re-prepares on this error, checks both names too.
+pub fn plan_is_stale(body: &[u8]) -> bool {
+    if error_field(body, b'C') != Some(sqlstate::FEATURE_NOT_SUPPORTED.as_bytes()) {
+        return false;
+    }
+    match error_field(body, b'R') {
+        Some(routine) => routine == b"RevalidateCachedQuery" || routine == b"RevalidateCachedPlan",
+        None => error_field(body, b'M') == Some(STALE_PLAN_MESSAGE.as_bytes()),
+    }
+}
+
+/// PostgreSQL's message for a statement whose result changed since it was
+/// prepared (see [`plan_is_stale`]), with SQLSTATE 0A000.
+pub const STALE_PLAN_MESSAGE: &str = "cached plan must not change result type";
+
+/// The value of one field of an ErrorResponse (or NoticeResponse) body.
+fn error_field(body: &[u8], wanted: u8) -> Option<&[u8]> {
     let mut rest = body;
     while let Some((&kind, tail)) = rest.split_first() {
         if kind == 0 {
             break;
         }
-        let Some(nul) = tail.iter().position(|&b| b == 0) else {
-            break;
-        };
-        let value = &tail[..nul];
-        if kind == b'C' && value.len() == 5 {
-            let mut c = [0u8; 5];
-            c.copy_from_slice(value);
-            return c;
+        let nul = tail.iter().position(|&b| b == 0)?;
+        if kind == wanted {
+            return Some(&tail[..nul]);
         }
         rest = &tail[nul + 1..];
     }
-    [b'0'; 5]
+    None
 }
 
 #[cfg(test)]

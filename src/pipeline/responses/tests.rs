@@ -360,3 +360,117 @@ mod properties {
         }
     }
 }
+
+fn fields(pairs: &[(u8, &str)]) -> Vec<u8> {
+    let mut b = Vec::new();
+    for (kind, value) in pairs {
+        b.push(*kind);
+        b.extend_from_slice(value.as_bytes());
+        b.push(0);
+    }
+    b.push(0);
+    b
+}
+
+const STALE_MESSAGE: &str = "cached plan must not change result type";
+
+#[test]
+fn stale_plan_is_known_by_code_and_routine() {
+    let server = |code, message, routine| {
+        fields(&[
+            (b'S', "ERROR"),
+            (b'V', "ERROR"),
+            (b'C', code),
+            (b'M', message),
+            (b'F', "plancache.c"),
+            (b'L', "730"),
+            (b'R', routine),
+        ])
+    };
+    assert!(plan_is_stale(&server(
+        "0A000",
+        STALE_MESSAGE,
+        "RevalidateCachedQuery"
+    )));
+    assert!(
+        plan_is_stale(&server(
+            "0A000",
+            "gecachter Plan darf den Ergebnistyp nicht ändern",
+            "RevalidateCachedQuery"
+        )),
+        "the message may be translated"
+    );
+    assert!(plan_is_stale(&server(
+        "0A000",
+        STALE_MESSAGE,
+        "RevalidateCachedPlan"
+    )));
+    assert!(
+        !plan_is_stale(&server("0A000", STALE_MESSAGE, "sql_postrewrite_callback")),
+        "a function's own cached plan is not the statement's"
+    );
+    assert!(!plan_is_stale(&server(
+        "0A000",
+        "FOR UPDATE is not allowed with aggregate functions",
+        "transformLockingClause"
+    )));
+    assert!(!plan_is_stale(&server(
+        "42P01",
+        "relation \"t\" does not exist",
+        "parserOpenTable"
+    )));
+    // Without a routine, by the message.
+    let bare = |code, message| fields(&[(b'S', "ERROR"), (b'C', code), (b'M', message)]);
+    assert!(plan_is_stale(&bare("0A000", STALE_MESSAGE)));
+    assert!(!plan_is_stale(&bare("0A000", "something else")));
+    assert!(!plan_is_stale(&bare("XX000", STALE_MESSAGE)));
+    assert!(!plan_is_stale(b"SERROR\0C0A000\0Mcached plan"), "truncated");
+    assert!(!plan_is_stale(b""));
+}
+
+#[test]
+fn stale_plan_is_the_failed_request_fate() {
+    let stale = fields(&[
+        (b'S', "ERROR"),
+        (b'C', "0A000"),
+        (b'M', STALE_MESSAGE),
+        (b'R', "RevalidateCachedQuery"),
+    ]);
+    let mut r: Responses<u32> = Responses::new();
+    let mut fates = Vec::new();
+    let mut out = Vec::new();
+    r.sent(Request::Bind, Show::Pass, Some(1));
+    r.sent(Request::Execute, Show::Pass, Some(2));
+    r.sent(Request::DescribeStatement, Show::Pass, Some(3));
+    r.sent(Request::Sync, Show::Pass, None);
+    assert_eq!(r.head(), Some((Request::Bind, Some(&1))));
+    let skipping = r
+        .server_message(b'E', &stale, &mut out, &mut |n, f| fates.push((n, f)))
+        .unwrap();
+    assert_eq!(skipping, Skipping::No);
+    assert_eq!(out, msg(b'E', &stale), "the client sees the error");
+    assert_eq!(
+        fates,
+        [(3, Fate::Skipped), (2, Fate::Skipped), (1, Fate::Stale)]
+    );
+    assert_eq!(r.head(), Some((Request::Sync, None)));
+
+    // Any other error is a plain failure.
+    let mut r: Responses<u32> = Responses::new();
+    fates.clear();
+    r.sent(Request::Bind, Show::Pass, Some(1));
+    r.server_message(b'E', &error_body("0A000"), &mut out, &mut |n, f| {
+        fates.push((n, f))
+    })
+    .unwrap();
+    assert_eq!(
+        fates,
+        [(
+            1,
+            Fate::Failed {
+                sqlstate: *b"0A000"
+            }
+        )]
+    );
+    assert_eq!(r.head(), None);
+}

@@ -336,11 +336,14 @@ fn statement_is_prepared_again_on_a_connection_that_lacks_it() {
 }
 
 #[test]
-fn parse_of_a_statement_the_connection_has_is_answered_in_order() {
+fn parse_of_a_statement_the_connection_has_reaches_the_server() {
     let mut conn = Conn::new(8);
     Client::new().prepare(&mut conn, "x", "select 1");
     let (q1, q2) = (sn("select 1", &[]), sn("select 2", &[]));
 
+    // The server analyses every Parse against the schema as it is then,
+    // as on a direct connection; the connection keeps one statement per
+    // text, so the one it had is replaced.
     let mut c = Client::new();
     let (to_server, to_client) = c.send(
         &mut conn,
@@ -359,22 +362,22 @@ fn parse_of_a_statement_the_connection_has_is_answered_in_order() {
             close(b'S', &q2),
             parse(&q2, "select 2", &[]),
             bind("", &q2),
+            close(b'S', &q1),
+            parse(&q1, "select 1", &[]),
             bind("", &q1),
             execute(""),
             sync()
         ])
     );
-    assert!(
-        to_client.is_empty(),
-        "b's ParseComplete waits for a's answers"
-    );
-    let (_, seen) = c.recv(&mut conn, &[close_complete(), parse_complete()]);
-    assert_eq!(seen, all(&[parse_complete()]));
-    let (_, seen) = c.recv(&mut conn, &[bind_complete()]);
-    assert_eq!(seen, all(&[bind_complete(), parse_complete()]));
+    assert!(to_client.is_empty());
     let (_, seen) = c.recv(
         &mut conn,
         &[
+            close_complete(),
+            parse_complete(),
+            bind_complete(),
+            close_complete(),
+            parse_complete(),
             bind_complete(),
             data_row(),
             complete("SELECT 1"),
@@ -384,17 +387,16 @@ fn parse_of_a_statement_the_connection_has_is_answered_in_order() {
     assert_eq!(
         seen,
         all(&[
+            parse_complete(),
+            bind_complete(),
+            parse_complete(),
             bind_complete(),
             data_row(),
             complete("SELECT 1"),
             ready(b'I')
         ])
     );
-
-    // With nothing outstanding the answer is immediate.
-    let (to_server, to_client) = c.send(&mut conn, &[parse("c", "select 1", &[])]);
-    assert!(to_server.is_empty());
-    assert_eq!(to_client, all(&[parse_complete()]));
+    assert!(c.rw.is_idle() && conn.has(&q1) && conn.has(&q2));
 }
 
 #[test]
@@ -438,7 +440,7 @@ fn server_error_drops_answers_owed_up_to_sync() {
         &mut conn,
         &[
             parse("a", "selec oops", &[]),
-            parse("b", "select 1", &[]), // the connection has it: answered here
+            parse("b", "select 1", &[]), // skipped by the server
             close(b'S', "k"),            // answered here
             sync(),
             close(b'S', "b"), // after the Sync: stands
@@ -450,6 +452,8 @@ fn server_error_drops_answers_owed_up_to_sync() {
         all(&[
             close(b'S', &bad),
             parse(&bad, "selec oops", &[]),
+            close(b'S', &q1),
+            parse(&q1, "select 1", &[]),
             sync(),
             sync()
         ])
@@ -459,11 +463,7 @@ fn server_error_drops_answers_owed_up_to_sync() {
 
     let syntax = error("42601", "syntax error at or near \"selec\"");
     let (_, seen) = c.recv(&mut conn, &[close_complete(), syntax.clone()]);
-    assert_eq!(
-        seen,
-        all(&[syntax]),
-        "b's ParseComplete and k's CloseComplete are dropped"
-    );
+    assert_eq!(seen, all(&[syntax]), "k's CloseComplete is dropped");
     let (_, seen) = c.recv(&mut conn, &[ready(b'I'), ready(b'I')]);
     assert_eq!(seen, all(&[ready(b'I'), close_complete(), ready(b'I')]));
 
@@ -477,7 +477,11 @@ fn server_error_drops_answers_owed_up_to_sync() {
         "the failed Parse is undone"
     );
     assert!(!c.rw.statements().contains(b"b"));
-    assert!(!conn.has(&bad) && conn.has(&q1), "{:?}", conn.names());
+    assert!(
+        !conn.has(&bad) && conn.has(&q1),
+        "the skipped Close left q1 on the server: {:?}",
+        conn.names()
+    );
     assert!(c.rw.is_idle());
 
     // The name is free again, so a corrected Parse goes through.
@@ -531,10 +535,15 @@ fn names_are_per_client_and_server_names_per_text() {
         all(&[close(b'S', &two), parse(&two, "select 2", &[])])
     );
     b.recv(&mut conn, &[close_complete(), parse_complete()]);
-    // b's other name for a's text shares a's server statement.
+    // b's other name for a's text shares a's server statement, parsed
+    // again as b's Parse is.
     let (to_server, to_client) = b.send(&mut conn, &[parse("t", "select 1", &[])]);
-    assert!(to_server.is_empty());
-    assert_eq!(to_client, all(&[parse_complete()]));
+    assert_eq!(
+        to_server,
+        all(&[close(b'S', &one), parse(&one, "select 1", &[])])
+    );
+    assert!(to_client.is_empty());
+    b.recv(&mut conn, &[close_complete(), parse_complete()]);
 
     let (to_server, _) = a.send(&mut conn, &[bind("", "s"), execute(""), sync()]);
     assert_eq!(to_server, all(&[bind("", &one), execute(""), sync()]));
@@ -574,3 +583,4 @@ fn deallocate_all_and_discard_all_forget_every_statement() {
 }
 
 mod lifecycle;
+mod stale;
