@@ -19,7 +19,6 @@
 //! client's life); a connection is only ever given back between whole
 //! server messages, so the next one starts clean.
 
-use std::io;
 use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -33,116 +32,14 @@ use crate::protocol::error_response::is_fatal_or_panic;
 use crate::protocol::framer::Header;
 use crate::protocol::tag::{backend, frontend};
 use crate::protocol::{self, sqlstate, ErrorResponse};
-use crate::sys;
 use crate::sys::poll::{interest, readable, wait_pair, Events, Woke};
+use buffers::{Input, Output};
 use nix::sys::signal::SigSet;
 
-const INPUT: usize = 16 * 1024;
 /// Stop reading a side while this much waits to be written to the other.
 const HIGH_WATER: usize = 256 * 1024;
 /// A message the rewriter must see whole is gathered up to this size.
 pub const MAX_WHOLE: usize = 64 * 1024 * 1024;
-
-struct Input {
-    buf: Box<[u8]>,
-    start: usize,
-    end: usize,
-    /// Start of bytes passed on unchanged but not yet handed to the other
-    /// side (they end at `start`): consecutive streamed messages leave the
-    /// input as one run, sent straight from here when nothing is queued
-    /// before them, so forwarding copies nothing in the common case.
-    run: Option<usize>,
-}
-
-impl Input {
-    fn new() -> Self {
-        Input {
-            buf: vec![0u8; INPUT].into_boxed_slice(),
-            start: 0,
-            end: 0,
-            run: None,
-        }
-    }
-
-    /// The next `n` bytes pass unchanged.
-    fn forward(&mut self, n: usize) {
-        self.run.get_or_insert(self.start);
-        self.start += n;
-    }
-
-    fn available(&self) -> &[u8] {
-        &self.buf[self.start..self.end]
-    }
-
-    fn has_room(&self) -> bool {
-        self.end < self.buf.len() || self.start > 0
-    }
-
-    fn fill(&mut self, fd: BorrowedFd<'_>) -> io::Result<usize> {
-        debug_assert!(self.run.is_none(), "forwarded bytes left behind");
-        if self.start > 0 {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-        }
-        let n = sys::io::read(fd, &mut self.buf[self.end..])?;
-        self.end += n;
-        Ok(n)
-    }
-}
-
-#[derive(Default)]
-struct Output {
-    buf: Vec<u8>,
-    sent: usize,
-}
-
-impl Output {
-    fn pending(&self) -> usize {
-        self.buf.len() - self.sent
-    }
-
-    fn flush(&mut self, fd: BorrowedFd<'_>) -> io::Result<()> {
-        while self.sent < self.buf.len() {
-            let n = send_some(fd, &self.buf[self.sent..])?;
-            if n == 0 {
-                return Ok(());
-            }
-            self.sent += n;
-        }
-        self.buf.clear();
-        self.sent = 0;
-        Ok(())
-    }
-
-    /// Bytes passed on from the other side's input: sent at once if
-    /// nothing is queued before them (what the socket does not take is
-    /// queued), else queued behind what is. A send error is left for the
-    /// next `flush` to report.
-    fn pass(&mut self, fd: Option<BorrowedFd<'_>>, mut bytes: &[u8]) {
-        if self.pending() == 0 {
-            self.buf.clear();
-            self.sent = 0;
-            if let Some(fd) = fd {
-                let n = send_some(fd, bytes).unwrap_or(0);
-                bytes = &bytes[n..];
-            }
-        }
-        self.buf.extend_from_slice(bytes);
-    }
-}
-
-/// One non-blocking send; 0 when the socket has no room.
-fn send_some(fd: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<usize> {
-    loop {
-        match sys::io::send(fd, bytes) {
-            Ok(n) => return Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-}
 
 /// A message cut by the end of a read.
 enum Partial {
@@ -834,5 +731,6 @@ impl Body {
     }
 }
 
+mod buffers;
 #[cfg(test)]
 mod tests;
