@@ -16,6 +16,7 @@
 pub mod fd;
 pub mod futex;
 pub mod io;
+pub mod limits;
 pub mod mem;
 pub mod poll;
 pub mod process;
