@@ -126,3 +126,27 @@ fn out_of_descriptors_refuses_clients_instead_of_leaving_them_unaccepted() {
         .simple_query("SELECT 1")
         .expect("served once descriptors are available again");
 }
+
+fn open_descriptors(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_worker_holds_no_management_connection_between_requests() {
+    let pg = Postgres::start();
+    let pc = Pgcorral::start(&pg, "max_connections = 2");
+    let idle = open_descriptors(pc.pid);
+    // The first query opens a server connection, which the worker hands
+    // to the supervisor over the management socket; its master copy takes
+    // the place of a placeholder, so the count does not change for it.
+    let mut client = pc.connect();
+    client.simple_query("SELECT 1").expect("served");
+    assert!(
+        wait_until(Duration::from_secs(10), || open_descriptors(pc.pid) == idle),
+        "the supervisor still holds {} descriptors, {idle} before the client came",
+        open_descriptors(pc.pid)
+    );
+    client.simple_query("SELECT 1").expect("still served");
+}
