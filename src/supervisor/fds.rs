@@ -114,3 +114,44 @@ pub fn refuse(client: OwnedFd, code: &str, message: &str) {
     let _ = sys::io::send_nowait(fd, &out);
     let _ = sys::sock::shutdown(fd);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn a_refused_client_reads_a_fatal_53300_then_the_end() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        refuse(ours.into(), TOO_MANY, "sorry, too many clients already");
+        let mut got = Vec::new();
+        theirs.read_to_end(&mut got).unwrap();
+        assert_eq!(got[0], b'E');
+        let e = ErrorResponse::parse(&got[5..]).unwrap();
+        assert_eq!(e.severity, "FATAL");
+        assert_eq!(e.code, "53300");
+        assert_eq!(e.message, "sorry, too many clients already");
+    }
+
+    #[test]
+    fn the_reserve_is_given_up_once_and_taken_back() {
+        let mut r = Reserve::new().unwrap();
+        let e = io::Error::from_raw_os_error(libc::EMFILE);
+        assert!(out_of_descriptors(&e));
+        assert!(r.release(&e));
+        assert!(!r.release(&e), "nothing left to give up before restore");
+        r.restore();
+        assert!(r.release(&e));
+    }
+
+    #[test]
+    fn the_need_counts_the_pool_and_the_clients() {
+        let main = MainConfig {
+            max_connections: 100,
+            max_clients: 1000,
+            ..MainConfig::default()
+        };
+        assert_eq!(need(&main), 64 + 100 + FIXED + 1000);
+    }
+}
