@@ -21,6 +21,7 @@ pub const MAIN_KEYS: &[(&str, bool)] = &[
     ("unix_socket_dir", false),
     ("pipeline", false),
     ("max_connections", false),
+    ("max_clients", true),
     ("blocking_timeout", true),
     ("idle_timeout", true),
     ("max_connection_age", true),
@@ -114,6 +115,7 @@ fn main_value(m: &MainConfig, key: &str) -> Option<String> {
         "unix_socket_dir" => m.unix_socket_dir.display().to_string(),
         "pipeline" => m.pipeline.to_string(),
         "max_connections" => m.max_connections.to_string(),
+        "max_clients" => m.max_clients.to_string(),
         "blocking_timeout" => duration(m.blocking_timeout),
         "idle_timeout" => duration(m.idle_timeout),
         "max_connection_age" => duration(m.max_connection_age),
@@ -146,6 +148,7 @@ fn copy_reloadable(dst: &mut MainConfig, src: &MainConfig, key: &str) -> bool {
     match key {
         "blocking_timeout" => dst.blocking_timeout = src.blocking_timeout,
         "idle_timeout" => dst.idle_timeout = src.idle_timeout,
+        "max_clients" => dst.max_clients = src.max_clients,
         "max_connection_age" => dst.max_connection_age = src.max_connection_age,
         "validation" => dst.validation = src.validation,
         "background_interval" => dst.background_interval = src.background_interval,

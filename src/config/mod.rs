@@ -52,6 +52,10 @@ pub struct MainConfig {
     pub pipeline: PipelineKind,
     /// Server-connection slots in the shared table (1..=10000).
     pub max_connections: usize,
+    /// Clients served at once (pgbouncer's `max_client_conn`; pgagroal's
+    /// `max_connections` is the pool size here). Beyond it a new client is
+    /// answered `53300` and closed.
+    pub max_clients: usize,
     /// How long a client waits for a slot; zero fails at once.
     #[serde(deserialize_with = "duration::deserialize")]
     pub blocking_timeout: Duration,
@@ -118,6 +122,7 @@ impl Default for MainConfig {
             unix_socket_dir: PathBuf::from("/tmp"),
             pipeline: PipelineKind::Auto,
             max_connections: 100,
+            max_clients: 1000,
             blocking_timeout: Duration::from_secs(30),
             idle_timeout: Duration::ZERO,
             max_connection_age: Duration::ZERO,
@@ -435,6 +440,9 @@ impl Config {
                 "max_connections",
                 &format!("must be between 1 and {MAX_CONNECTIONS_LIMIT}"),
             ));
+        }
+        if main.max_clients == 0 {
+            return Err(main_err("max_clients", "must be greater than 0"));
         }
         if main.background_interval.is_zero() {
             return Err(main_err("background_interval", "must be greater than 0"));

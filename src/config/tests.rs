@@ -332,6 +332,19 @@ fn rule_max_connections() {
 }
 
 #[test]
+fn rule_max_clients() {
+    let text = "[pgcorral]\nmax_clients = 0\n[server.a]\n";
+    let (key, line, _) = invalid(text);
+    assert_eq!((key.as_str(), line), ("max_clients", Some(2)));
+    assert_eq!(
+        Config::from_toml("[server.a]\n").unwrap().main.max_clients,
+        1000
+    );
+    let text = "[pgcorral]\nmax_clients = 3\n[server.a]\n";
+    assert_eq!(Config::from_toml(text).unwrap().main.max_clients, 3);
+}
+
+#[test]
 fn rule_ports_non_zero() {
     // Listening on port 0 asks the kernel for a free port; connecting to
     // a server on port 0 means nothing.

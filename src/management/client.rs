@@ -1,9 +1,10 @@
-//! The client side of the management socket: blocking request/reply, for
-//! workers (socket transfers) and for `pgcorral-cli` (commands).
+//! The client side of the management socket: blocking request/reply with
+//! a time bound, for workers (socket transfers, one request per
+//! connection) and for `pgcorral-cli` (commands).
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::time::Duration;
 
 use super::command::{self, CommandRequest};
 use super::message::{self, Header, Id, HEADER_LEN};
@@ -20,10 +21,17 @@ pub struct Reply {
     pub fds: Vec<OwnedFd>,
 }
 
+/// How long a worker waits on the supervisor for one request (connect,
+/// send, reply). The supervisor answers these from memory at once; one
+/// that has not answered by then is stuck, and the client is better told
+/// so than left waiting.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl ManagementClient {
+    /// Connects with every step bounded by [`REQUEST_TIMEOUT`].
     pub fn connect(path: &Path) -> Result<Self, ManagementError> {
         Ok(ManagementClient {
-            sock: UnixStream::connect(path)?.into(),
+            sock: crate::sys::local::connect(path, REQUEST_TIMEOUT)?,
         })
     }
 

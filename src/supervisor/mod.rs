@@ -4,6 +4,7 @@
 //! async runtime, because it forks.
 
 pub mod commands;
+pub mod fds;
 pub mod listeners;
 pub mod prefill;
 pub mod reload;
@@ -94,12 +95,14 @@ pub struct Supervisor {
     statement_key: [u64; 2],
     upkeep: upkeep::Upkeep,
     admin: commands::Admin,
+    reserve: fds::Reserve,
 }
 
 impl Supervisor {
     pub fn new(config: Config, credentials: Credentials) -> Result<Self, SupervisorError> {
         let statement_key = random_key()?;
         let main = &config.main;
+        fds::raise_and_report(main);
         pooled_sockets::ensure_fd_limit(main.max_connections)
             .map_err(SupervisorError::Descriptors)?;
         let limit_sizes: Vec<u32> = config
@@ -154,6 +157,7 @@ impl Supervisor {
         }
         log::info!("listening on {}", unix_path.display());
         let upkeep = upkeep::Upkeep::new(&config);
+        let reserve = fds::Reserve::new().map_err(SupervisorError::Descriptors)?;
         Ok(Supervisor {
             config,
             segment,
@@ -175,6 +179,7 @@ impl Supervisor {
             statement_key,
             upkeep,
             admin: commands::Admin::new(),
+            reserve,
         })
     }
 
@@ -273,6 +278,15 @@ impl Supervisor {
             match listener.accept() {
                 Ok((stream, addr)) => self.spawn(stream.into(), Peer { addr: Some(addr) }),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if fds::out_of_descriptors(&e) => {
+                    if !self.reserve.release(&e) {
+                        return;
+                    }
+                    let accepted = listener.accept().map(|(s, _)| OwnedFd::from(s));
+                    if !self.refuse_spare(accepted) {
+                        return;
+                    }
+                }
                 Err(e) => {
                     log::warn!("accept: {e}");
                     return;
@@ -313,6 +327,15 @@ impl Supervisor {
             match listener.accept() {
                 Ok((stream, _)) => self.spawn(stream.into(), Peer { addr: None }),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if fds::out_of_descriptors(&e) => {
+                    if !self.reserve.release(&e) {
+                        return;
+                    }
+                    let accepted = listener.accept().map(|(s, _)| OwnedFd::from(s));
+                    if !self.refuse_spare(accepted) {
+                        return;
+                    }
+                }
                 Err(e) => {
                     log::warn!("accept: {e}");
                     return;
@@ -321,7 +344,29 @@ impl Supervisor {
         }
     }
 
+    /// Refuses the client accepted on the reserve descriptor, then takes
+    /// the reserve back; false when there was nothing to accept after all,
+    /// or the spare did not suffice, so the accept loop stops.
+    fn refuse_spare(&mut self, accepted: io::Result<OwnedFd>) -> bool {
+        let go_on = match accepted {
+            Ok(client) => {
+                fds::refuse(client, fds::TOO_MANY, "sorry, too many clients already");
+                true
+            }
+            Err(_) => false,
+        };
+        self.reserve.restore();
+        go_on
+    }
+
     fn spawn(&mut self, client: OwnedFd, peer: Peer) {
+        self.reserve.accepted();
+        let cap = self.config.main.max_clients;
+        if self.workers.len() >= cap {
+            log::warn!("{peer}: refused, max_clients ({cap}) reached");
+            fds::refuse(client, fds::TOO_MANY, "sorry, too many clients already");
+            return;
+        }
         match spawn::spawn_worker(&self.context(), client, &peer) {
             Ok(spawn::Forked::Parent(pid)) => {
                 self.workers.insert(pid);

@@ -5,7 +5,10 @@
 //! pooled-socket range with at most three `close_range` calls, and goes
 //! straight to serving. The parent only closes its copy of the client.
 
+use std::cell::Cell;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use super::fds;
 
 use crate::pooled_sockets::PooledSockets;
 use crate::sys;
@@ -15,11 +18,17 @@ pub enum Forked {
     Parent(i32),
 }
 
-/// Forks; in the child, serves the client and exits (never returns).
+/// Forks; in the child, serves the client and exits (never returns). When
+/// the fork fails the client is answered `53300` and closed, so that it
+/// learns why rather than seeing its connection drop.
 pub fn spawn_worker(ctx: &Context<'_>, client: OwnedFd, peer: &Peer) -> std::io::Result<Forked> {
-    // The parent drops the closure unused, and with it its copy of the
-    // client socket.
-    let pid = sys::process::fork_child(move || {
+    // The child takes the client out; after a failed fork the parent still
+    // has it to answer, and after a successful one drops its copy here.
+    let slot = Cell::new(Some(client));
+    let forked = sys::process::fork_child(|| {
+        let Some(client) = slot.take() else {
+            return 2;
+        };
         crate::logging::before_closing_inherited();
         close_inherited(
             client.as_raw_fd(),
@@ -33,8 +42,20 @@ pub fn spawn_worker(ctx: &Context<'_>, client: OwnedFd, peer: &Peer) -> std::io:
             log::error!("{peer}: worker panicked");
             2
         })
-    })?;
-    Ok(Forked::Parent(pid))
+    });
+    match forked {
+        Ok(pid) => Ok(Forked::Parent(pid)),
+        Err(e) => {
+            if let Some(client) = slot.take() {
+                fds::refuse(
+                    client,
+                    fds::TOO_MANY,
+                    "sorry, too many clients already (cannot start a worker process)",
+                );
+            }
+            Err(e)
+        }
+    }
 }
 
 /// Closes everything from fd 3 up but the client, the log file and the

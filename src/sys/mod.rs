@@ -16,6 +16,8 @@
 pub mod fd;
 pub mod futex;
 pub mod io;
+pub mod limits;
+pub mod local;
 pub mod mem;
 pub mod poll;
 pub mod process;

@@ -19,7 +19,6 @@ use crate::server::{self, Login};
 /// ones it opened, and copies the supervisor sent it, by slot generation.
 pub struct Sockets {
     cache: HashMap<usize, (u64, OwnedFd)>,
-    management: Option<ManagementClient>,
     /// Notices the server sent while the last connection this worker
     /// opened started, for the client's greeting.
     startup_notices: Vec<u8>,
@@ -29,7 +28,6 @@ impl Sockets {
     pub fn new() -> Self {
         Sockets {
             cache: HashMap::new(),
-            management: None,
             startup_notices: Vec::new(),
         }
     }
@@ -45,20 +43,10 @@ impl Sockets {
                 return Ok(fd.as_raw_fd());
             }
         }
-        let mgmt = match &mut self.management {
-            Some(m) => m,
-            None => self
-                .management
-                .insert(ManagementClient::connect(ctx.management_path)?),
-        };
-        let (fd, got) = match mgmt.get_socket(index) {
-            Ok(x) => x,
-            Err(e) => {
-                // A broken connection is reopened next time.
-                self.management = None;
-                return Err(e.into());
-            }
-        };
+        // One connection per request: the supervisor then holds a
+        // descriptor only for workers that are asking it something, not
+        // one for every client that ever did.
+        let (fd, got) = ManagementClient::connect(ctx.management_path)?.get_socket(index)?;
         if got != generation {
             return Err(ManagementError::Refused(format!(
                 "slot {index}: supervisor has generation {got}, slot has {generation}"
@@ -123,7 +111,8 @@ pub fn open_new(
         me,
         &conn,
         &proof,
-        &mut sockets.management,
+        // Closed when this returns, as in `Sockets::pooled`.
+        &mut None,
         ctx.management_path,
     )?;
     sockets.startup_notices = conn.notices;
