@@ -56,6 +56,14 @@ pub struct MainConfig {
     /// `max_connections` is the pool size here). Beyond it a new client is
     /// answered `53300` and closed.
     pub max_clients: usize,
+    /// Clients a worker serves one after the other before it exits and is
+    /// replaced; 1 forks a worker per client and keeps no spares.
+    pub worker_max_clients: usize,
+    /// Idle workers kept forked ahead of clients: at least this many
+    /// (room under `max_clients` permitting) ...
+    pub workers_min_spare: usize,
+    /// ... and at most this many; more idle ones exit.
+    pub workers_max_spare: usize,
     /// How long a client waits for a slot; zero fails at once.
     #[serde(deserialize_with = "duration::deserialize")]
     pub blocking_timeout: Duration,
@@ -123,6 +131,9 @@ impl Default for MainConfig {
             pipeline: PipelineKind::Auto,
             max_connections: 100,
             max_clients: 1000,
+            worker_max_clients: 10_000,
+            workers_min_spare: 5,
+            workers_max_spare: 10,
             blocking_timeout: Duration::from_secs(30),
             idle_timeout: Duration::ZERO,
             max_connection_age: Duration::ZERO,
@@ -443,6 +454,15 @@ impl Config {
         }
         if main.max_clients == 0 {
             return Err(main_err("max_clients", "must be greater than 0"));
+        }
+        if main.worker_max_clients == 0 {
+            return Err(main_err("worker_max_clients", "must be greater than 0"));
+        }
+        if main.workers_max_spare < main.workers_min_spare {
+            return Err(main_err(
+                "workers_max_spare",
+                "must not be less than workers_min_spare",
+            ));
         }
         if main.background_interval.is_zero() {
             return Err(main_err("background_interval", "must be greater than 0"));

@@ -345,6 +345,32 @@ fn rule_max_clients() {
 }
 
 #[test]
+fn rule_workers() {
+    let main = Config::from_toml("[server.a]\n").unwrap().main;
+    assert_eq!(
+        (
+            main.worker_max_clients,
+            main.workers_min_spare,
+            main.workers_max_spare
+        ),
+        (10_000, 5, 10)
+    );
+    let text = "[pgcorral]\nworker_max_clients = 0\n[server.a]\n";
+    let (key, line, _) = invalid(text);
+    assert_eq!((key.as_str(), line), ("worker_max_clients", Some(2)));
+    let text = "[pgcorral]\nworkers_min_spare = 4\nworkers_max_spare = 3\n[server.a]\n";
+    let (key, line, _) = invalid(text);
+    assert_eq!((key.as_str(), line), ("workers_max_spare", Some(3)));
+    // No spares at all, and one client per worker: fork per client.
+    let text = "[pgcorral]\nworker_max_clients = 1\nworkers_min_spare = 0\nworkers_max_spare = 0\n[server.a]\n";
+    assert!(Config::from_toml(text).is_ok());
+    let c = Config::from_toml("[server.a]\n").unwrap();
+    assert!(c.with_setting("workers_min_spare", "11").is_err());
+    let n = c.with_setting("workers_max_spare", "20").unwrap();
+    assert_eq!(n.main.workers_max_spare, 20);
+}
+
+#[test]
 fn rule_ports_non_zero() {
     // Listening on port 0 asks the kernel for a free port; connecting to
     // a server on port 0 means nothing.

@@ -230,6 +230,8 @@ pub struct Status {
     pub server: String,
     pub servers: Vec<ServerStatus>,
     pub clients: usize,
+    /// Workers waiting for a client (`workers_min_spare`).
+    pub idle_workers: usize,
     /// Clients whose session state keeps their connection (transaction
     /// pipeline).
     pub pinned: u32,
@@ -262,6 +264,7 @@ impl fmt::Display for Status {
             writeln!(f, "Failed servers:  {}", failed.join(", "))?;
         }
         writeln!(f, "Clients:         {}", self.clients)?;
+        writeln!(f, "Idle workers:    {}", self.idle_workers)?;
         if self.pinned > 0 {
             writeln!(f, "Pinned clients:  {}", self.pinned)?;
         }
@@ -643,6 +646,7 @@ mod tests {
                 },
             ],
             clients: 1,
+            idle_workers: 5,
             pinned: 0,
             max_connections: 4,
             connections: Connections {
@@ -688,6 +692,7 @@ mod tests {
         )));
         assert_eq!(c["NOTINIT"], 2);
         assert!(text.contains(&format!("Clients:         {}", r["clients"])));
+        assert!(text.contains(&format!("Idle workers:    {}", r["idle_workers"])));
         assert!(text.contains("Uptime:          1:02:03"));
         assert!(text.contains("Primary server:  primary (127.0.0.1:5432)"));
         assert!(text.contains("Failed servers:  old\n"));

@@ -276,7 +276,7 @@ impl Supervisor {
     }
 
     fn shutdown_command(&mut self, mode: ShutdownMode) -> Result<Done, String> {
-        let clients = self.workers.len();
+        let clients = self.clients();
         match mode {
             ShutdownMode::Gracefully => {
                 let already = self.mode == Mode::Graceful;
@@ -458,7 +458,8 @@ impl Supervisor {
             pipeline: pipeline.as_str().to_string(),
             server: primary.name.clone(),
             servers,
-            clients: self.workers.len(),
+            clients: self.clients(),
+            idle_workers: self.spares.idle(),
             pinned: self.segment.pinned(),
             max_connections: slots.len(),
             connections: Connections {

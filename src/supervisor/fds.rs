@@ -28,9 +28,10 @@ const FIXED: u64 = 64;
 
 /// What the configuration needs open at once in the supervisor: the pool
 /// range starts at `POOL_FD_BASE`, and each live client may hold a
-/// management connection to it for one request.
+/// management connection to it for one request; each worker, idle ones
+/// included (at most `max_clients` in all), has a channel.
 pub fn need(main: &MainConfig) -> u64 {
-    POOL_FD_BASE as u64 + main.max_connections as u64 + FIXED + main.max_clients as u64
+    POOL_FD_BASE as u64 + main.max_connections as u64 + FIXED + 2 * main.max_clients as u64
 }
 
 /// Raises the limit to the hard one and says whether it covers `need`.
@@ -146,12 +147,12 @@ mod tests {
     }
 
     #[test]
-    fn the_need_counts_the_pool_and_the_clients() {
+    fn the_need_counts_the_pool_the_clients_and_the_workers() {
         let main = MainConfig {
             max_connections: 100,
             max_clients: 1000,
             ..MainConfig::default()
         };
-        assert_eq!(need(&main), 64 + 100 + FIXED + 1000);
+        assert_eq!(need(&main), 64 + 100 + FIXED + 2 * 1000);
     }
 }

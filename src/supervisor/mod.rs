@@ -1,6 +1,6 @@
 //! The supervisor: one single-threaded process that owns the listeners, the
-//! shared segment and the master copies of pooled sockets, forks a worker
-//! per client, and keeps the pool tidy. It never starts a thread or an
+//! shared segment and the master copies of pooled sockets, hands each
+//! client to a worker (`spares`), and keeps the pool tidy. It never starts a thread or an
 //! async runtime, because it forks.
 
 pub mod commands;
@@ -10,6 +10,7 @@ pub mod prefill;
 pub mod reload;
 pub mod requests;
 pub mod signals;
+mod spares;
 pub mod spawn;
 pub mod upkeep;
 pub mod validation;
@@ -45,6 +46,9 @@ const CONNECTION_FIRST: usize = 1000;
 /// management connections' counter, starting at `CONNECTION_FIRST`, would
 /// need centuries of connections to get here.
 const WATCH_FIRST: usize = usize::MAX / 2;
+/// Workers' channels (`spares.rs`): worker `pid` is `WORKER_FIRST + pid`.
+/// Pids stay below 2^22, far from both neighbours.
+const WORKER_FIRST: usize = usize::MAX / 4;
 /// How often the pool is swept even when nothing happens.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -89,7 +93,10 @@ pub struct Supervisor {
     remote: Option<TcpListener>,
     connections: HashMap<Token, Connection>,
     next_connection: usize,
+    /// Every child that serves or may serve a client: workers, idle ones
+    /// included, and remote management helpers.
     workers: HashSet<i32>,
+    spares: spares::Spares,
     mode: Mode,
     credentials: Credentials,
     statement_key: [u64; 2],
@@ -174,6 +181,7 @@ impl Supervisor {
             connections: HashMap::new(),
             next_connection: CONNECTION_FIRST,
             workers: HashSet::new(),
+            spares: spares::Spares::default(),
             mode: Mode::Running,
             credentials,
             statement_key,
@@ -193,6 +201,7 @@ impl Supervisor {
         let mut events = Events::with_capacity(128);
         let mut last_sweep = Instant::now();
         self.upkeep();
+        self.tend_spares();
         loop {
             if let Err(e) = self.poll.poll(&mut events, Some(TICK)) {
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -217,6 +226,9 @@ impl Supervisor {
                         self.accept_tcp(t - TCP_FIRST)
                     }
                     Token(t) if t >= WATCH_FIRST => self.on_pooled_readable(t - WATCH_FIRST),
+                    Token(t) if t >= WORKER_FIRST => {
+                        self.on_worker_readable((t - WORKER_FIRST) as i32)
+                    }
                     token => self.on_management_readable(token),
                 }
             }
@@ -226,6 +238,7 @@ impl Supervisor {
                     crate::logging::rotate_if_due(main.log_rotation_size, main.log_rotation_age)
                 {
                     log::info!("log rotated; the previous lines are in {}", old.display());
+                    self.workers_outdated();
                 }
                 self.sweep();
                 self.upkeep();
@@ -233,6 +246,7 @@ impl Supervisor {
                 self.admin_tick();
                 last_sweep = Instant::now();
             }
+            self.tend_spares();
             if self.mode == Mode::Graceful && self.workers.is_empty() {
                 log::info!("graceful shutdown: the last client left");
                 self.close_pool();
@@ -362,17 +376,12 @@ impl Supervisor {
     fn spawn(&mut self, client: OwnedFd, peer: Peer) {
         self.reserve.accepted();
         let cap = self.config.main.max_clients;
-        if self.workers.len() >= cap {
+        if self.clients() >= cap {
             log::warn!("{peer}: refused, max_clients ({cap}) reached");
             fds::refuse(client, fds::TOO_MANY, "sorry, too many clients already");
             return;
         }
-        match spawn::spawn_worker(&self.context(), client, &peer) {
-            Ok(spawn::Forked::Parent(pid)) => {
-                self.workers.insert(pid);
-            }
-            Err(e) => log::error!("{peer}: cannot fork a worker: {e}"),
-        }
+        self.hand_off(client, peer);
     }
 
     /// Stops accepting clients: the listeners close, so new connections are

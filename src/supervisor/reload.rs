@@ -43,6 +43,8 @@ impl Supervisor {
         if let Err(e) = crate::logging::reopen() {
             log::error!("{source}: cannot reopen the log file: {e}");
         }
+        // Workers forked before hold the old log file.
+        self.workers_outdated();
         let Some(path) = self.config.path.clone() else {
             let e = "no configuration file to reload".to_string();
             log::error!("{source}: {e}");
@@ -91,6 +93,8 @@ impl Supervisor {
     /// Makes `new` the running configuration and carries out what cannot
     /// wait for the next read of it.
     fn apply_config(&mut self, new: Config) {
+        // No worker serves a client with the configuration it replaces.
+        self.workers_outdated();
         if new.main.log_level != self.config.main.log_level {
             crate::logging::set_level(new.main.log_level);
         }

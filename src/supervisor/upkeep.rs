@@ -144,6 +144,7 @@ impl Supervisor {
 
     fn forget_worker(&mut self, pid: i32) {
         self.workers.remove(&pid);
+        self.forget_spare(pid);
         self.upkeep.forget(pid);
         for i in pool::reclaim_owner(&self.segment, pid) {
             log::warn!("slot {i}: worker {pid} died holding it; its server connection is closed");
@@ -195,9 +196,10 @@ impl Supervisor {
         }
         log::info!(
             "SIGTRAP: graceful shutdown: no new clients; waiting for {} connected client(s)",
-            self.workers.len()
+            self.clients()
         );
         self.mode = Mode::Graceful;
+        self.let_go_idle();
         self.close_listeners();
     }
 
@@ -488,7 +490,7 @@ fn fork_helper(
         } else {
             (sockets.base(), sockets.base())
         };
-        for (a, b) in ranges_to_close([log, log], lo, hi) {
+        for (a, b) in ranges_to_close(&[log], lo, hi) {
             // Only fails for an inverted range, which is never asked for.
             let _ = sys::fd::close_range(a, b);
         }

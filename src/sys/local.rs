@@ -1,4 +1,5 @@
-//! Connecting to a Unix-domain socket within a time bound.
+//! Connecting to a Unix-domain socket within a time bound, and the
+//! message-preserving socket pairs between the supervisor and its workers.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -25,6 +26,18 @@ pub fn connect(path: &Path, timeout: Duration) -> io::Result<OwnedFd> {
     let addr = UnixAddr::new(path).map_err(os)?;
     socket::connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr).map_err(os)?;
     Ok(fd)
+}
+
+/// A connected `SOCK_SEQPACKET` pair, close-on-exec: message boundaries
+/// are kept, and a closed end reads as end of stream at the other.
+pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    socket::socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(os)
 }
 
 #[cfg(test)]

@@ -13,7 +13,9 @@ use crate::management::client::ManagementClient;
 use crate::management::ManagementError;
 use crate::pool::{self, Verdict};
 use crate::protocol::StartupMessage;
+use crate::segment::Segment;
 use crate::server::{self, Login};
+use crate::slot::SlotState;
 
 /// The sockets a worker can use: the pooled ones it inherited at fork, the
 /// ones it opened, and copies the supervisor sent it, by slot generation.
@@ -72,6 +74,20 @@ impl Sockets {
     /// Drops our copy of a slot's socket (its connection was thrown away).
     pub fn forget(&mut self, index: usize) {
         self.cache.remove(&index);
+    }
+
+    /// Between clients: drops the copies of connections that are gone (the
+    /// slot emptied or holding another socket now), so that a worker serving
+    /// client after client keeps no dead server socket open, and whatever
+    /// notices are left of the last client.
+    pub fn prune(&mut self, segment: &Segment) {
+        self.startup_notices = Vec::new();
+        self.cache.retain(|&index, (generation, _)| {
+            segment.slots().get(index).is_some_and(|slot| {
+                slot.generation() == *generation
+                    && !matches!(slot.state(), SlotState::NotInit | SlotState::Remove)
+            })
+        });
     }
 }
 

@@ -1,9 +1,11 @@
-//! A worker serves one client, in a process the supervisor forked for it:
-//! start-up, a slot, the pipeline, and the slot back (or thrown away).
+//! A worker serves one client at a time, in a process the supervisor
+//! forked: start-up, a slot, the pipeline, and the slot back (or thrown
+//! away). `reuse` takes it from one client to the next.
 
 pub mod acquire;
 pub mod attach;
 pub mod cancel;
+pub mod reuse;
 pub mod session;
 pub mod signals;
 pub mod transaction;
@@ -26,6 +28,7 @@ use crate::protocol::{sqlstate, ErrorResponse, ProtocolError};
 use crate::segment::Segment;
 use crate::server::session::SessionError;
 use crate::server::{FillError, ServerError};
+use attach::Sockets;
 use session::Session;
 use transaction::WorkerAttach;
 
@@ -131,11 +134,21 @@ impl WorkerError {
     }
 }
 
-/// Serves the client and returns the process exit status.
-pub fn run(ctx: &Context<'_>, client: OwnedFd, peer: &Peer) -> i32 {
+/// How a client's service ended.
+pub struct Ended {
+    /// The exit status a worker that served only this client returns.
+    pub status: i32,
+    /// The pipeline's outcome, when the client got as far as one.
+    pub outcome: Option<Outcome>,
+}
+
+/// Serves one client; `sockets` are the pooled sockets this process has
+/// collected so far.
+pub fn run(ctx: &Context<'_>, client: OwnedFd, peer: &Peer, sockets: &mut Sockets) -> Ended {
     signals::install(client.as_raw_fd());
-    match serve(ctx, client.as_fd(), peer) {
-        Ok(()) => 0,
+    crate::process_title::set(&format!("pgcorral: {peer} start-up"));
+    let ended = match serve(ctx, client.as_fd(), peer, sockets) {
+        Ok(outcome) => Ended { status: 0, outcome },
         Err(e) => {
             match &e {
                 WorkerError::ClientProtocol(ProtocolError::Eof) => {
@@ -149,19 +162,30 @@ pub fn run(ctx: &Context<'_>, client: OwnedFd, peer: &Peer) -> i32 {
                 resp.encode(&mut out);
                 let _ = io::write_all(client.as_fd(), &out);
             }
-            1
+            Ended {
+                status: 1,
+                outcome: None,
+            }
         }
-    }
+    };
+    // The number is free once the client is closed: SIGQUIT must never
+    // send a goodbye to whatever gets it next.
+    signals::install(-1);
+    ended
 }
 
-fn serve(ctx: &Context<'_>, client: BorrowedFd<'_>, peer: &Peer) -> Result<(), WorkerError> {
-    let Some(mut session) = Session::open(ctx, client, peer)? else {
-        return Ok(());
+fn serve(
+    ctx: &Context<'_>,
+    client: BorrowedFd<'_>,
+    peer: &Peer,
+    sockets: &mut Sockets,
+) -> Result<Option<Outcome>, WorkerError> {
+    let Some(mut session) = Session::open(ctx, client, peer, sockets)? else {
+        return Ok(None);
     };
     session.acquire()?;
     session.greet()?;
-    session.run();
-    Ok(())
+    Ok(Some(session.run()))
 }
 
 fn log_disconnection(peer: &Peer, user: &str, database: &str, outcome: &Outcome, since: Instant) {

@@ -29,7 +29,8 @@ pub struct Session<'a> {
     user: String,
     database: String,
     limit: Option<usize>,
-    sockets: Sockets,
+    /// The process's pooled sockets, which outlive the client.
+    sockets: &'a mut Sockets,
     held: Option<Held>,
     /// Secret half of the client's cancel key.
     secret: i32,
@@ -42,6 +43,7 @@ impl<'a> Session<'a> {
         ctx: &'a Context<'a>,
         client: BorrowedFd<'a>,
         peer: &'a Peer,
+        sockets: &'a mut Sockets,
     ) -> Result<Option<Self>, WorkerError> {
         let Some(startup) = start_up(ctx, client, peer)? else {
             return Ok(None);
@@ -74,7 +76,7 @@ impl<'a> Session<'a> {
             user,
             database,
             limit,
-            sockets: Sockets::new(),
+            sockets,
             held: None,
             secret: 0,
         }))
@@ -104,7 +106,7 @@ impl<'a> Session<'a> {
             prove,
             desired: &desired,
         };
-        let held = acquire::acquire(self.ctx, &mut self.sockets, self.me, &req)?;
+        let held = acquire::acquire(self.ctx, self.sockets, self.me, &req)?;
         log::debug!(
             "{}: {}/{} on slot {} (backend {}, {})",
             self.peer,
@@ -179,7 +181,7 @@ impl<'a> Session<'a> {
     }
 
     /// Runs the configured pipeline until the client leaves.
-    pub fn run(mut self) {
+    pub fn run(mut self) -> Outcome {
         let main = &self.ctx.config.main;
         let connected = Instant::now();
         let kind = self.kind();
@@ -192,6 +194,7 @@ impl<'a> Session<'a> {
         if main.log_disconnections {
             super::log_disconnection(self.peer, &self.user, &self.database, &outcome, connected);
         }
+        outcome
     }
 
     /// Performance and session pipelines: one connection for the session.
@@ -262,7 +265,7 @@ impl<'a> Session<'a> {
             limit: self.limit,
             startup: &self.startup,
             admission: &self.admission,
-            sockets: std::mem::take(&mut self.sockets),
+            sockets: &mut *self.sockets,
             desired,
             settings_key: server::settings::hash(self.ctx.statement_key, &self.startup.params),
             secret: self.secret,

@@ -34,7 +34,7 @@ pub struct WorkerAttach<'a> {
     pub limit: Option<usize>,
     pub startup: &'a StartupMessage,
     pub admission: &'a Admission,
-    pub sockets: Sockets,
+    pub sockets: &'a mut Sockets,
     /// The tracked parameters the client named at start-up or has set
     /// since; the others are the attached connection's login values.
     pub desired: Params,
@@ -84,7 +84,7 @@ impl WorkerAttach<'_> {
                     prove: None,
                     desired: &self.desired,
                 };
-                acquire::acquire(self.ctx, &mut self.sockets, self.me, &req)?
+                acquire::acquire(self.ctx, self.sockets, self.me, &req)?
             }
         };
         let server = held.server();

@@ -203,6 +203,22 @@ pub fn live_group_members(pgid: i32) -> Vec<i32> {
         .collect()
 }
 
+/// The title a worker waiting for a client shows.
+pub const IDLE_TITLE: &str = "pgcorral: idle worker";
+const SUPERVISOR_TITLE: &str = "pgcorral: supervisor";
+
+/// A process's title (`/proc/PID/cmdline`, as `ps` shows it); empty for a
+/// zombie or a process that is gone.
+pub fn title(pid: i32) -> String {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            String::from_utf8_lossy(&b)
+                .trim_end_matches('\0')
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
 pub fn is_zombie_or_gone(pid: i32) -> bool {
     !matches!(proc_stat(pid), Some((state, _, _)) if state != 'Z')
 }
@@ -834,10 +850,23 @@ impl Pgcorral {
         s
     }
 
-    /// The supervisor's child processes (workers, and any helper it forked),
-    /// unreaped ones included.
+    /// The supervisor's children that serve a client (or a remote
+    /// administrator), unreaped ones included: every child but the idle
+    /// workers and those that have not started yet (still titled like the
+    /// supervisor).
     pub fn workers(&self) -> Vec<i32> {
         children_of(self.pid)
+            .into_iter()
+            .filter(|&p| !matches!(title(p).as_str(), IDLE_TITLE | SUPERVISOR_TITLE))
+            .collect()
+    }
+
+    /// Workers waiting for a client.
+    pub fn idle_workers(&self) -> Vec<i32> {
+        children_of(self.pid)
+            .into_iter()
+            .filter(|&p| title(p) == IDLE_TITLE)
+            .collect()
     }
 
     pub fn signal(&self, sig: Signal) {
