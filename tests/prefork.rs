@@ -240,14 +240,14 @@ fn a_reused_worker_forgets_the_last_clients_prepared_statements() {
 /// One worker serves client after client (`max_clients = 1` leaves room
 /// for no other process), and its descriptors do not grow. Each client
 /// goes through start-up, a pooled connection in the transaction pipeline
-/// and Terminate. PGCORRAL_PREFORK_REUSES sets how many (10000 is the bar;
-/// the default keeps the suite quick).
+/// and Terminate: 10,000 of them (PGCORRAL_PREFORK_REUSES sets another
+/// number), which takes a few seconds.
 #[test]
 fn a_worker_serving_many_clients_leaks_no_descriptor() {
     let total: usize = std::env::var("PGCORRAL_PREFORK_REUSES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
+        .unwrap_or(10_000);
     let pg = Postgres::start();
     let pc = Pgcorral::start(
         &pg,

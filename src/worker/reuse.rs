@@ -162,3 +162,49 @@ fn idle() {
     signals::install(-1);
     crate::process_title::set(IDLE_TITLE);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn a_client_travels_with_its_peer_and_end_of_stream_means_exit() {
+        let (supervisor, worker) = crate::sys::local::seqpacket_pair().unwrap();
+        let (client, mut far) = UnixStream::pair().unwrap();
+        let peer = Peer {
+            addr: Some("[::1]:5432".parse().unwrap()),
+        };
+        send_client(supervisor.as_fd(), client.as_fd(), &peer).unwrap();
+        drop(client);
+        let (got, got_peer) = receive_client(worker.as_fd()).unwrap().unwrap();
+        assert_eq!(got_peer.addr, peer.addr);
+        let mut got = UnixStream::from(got);
+        got.write_all(b"hi").unwrap();
+        let mut buf = [0u8; 2];
+        far.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"hi");
+
+        let local = Peer { addr: None };
+        send_client(supervisor.as_fd(), got.as_fd(), &local).unwrap();
+        let (_, got_peer) = receive_client(worker.as_fd()).unwrap().unwrap();
+        assert!(got_peer.addr.is_none());
+
+        // A message without a descriptor is refused, not taken for a client.
+        scm::send(supervisor.as_fd(), b"x", &[]).unwrap();
+        assert!(matches!(
+            receive_client(worker.as_fd()),
+            Err(ChannelError::Descriptors(0))
+        ));
+        drop(supervisor);
+        assert!(receive_client(worker.as_fd()).unwrap().is_none());
+    }
+
+    #[test]
+    fn only_desynchronisation_ends_a_worker() {
+        assert!(desynchronised(&Outcome::ServerLost("x".into())));
+        assert!(!desynchronised(&Outcome::ClientTerminated));
+        assert!(!desynchronised(&Outcome::ClientClosed));
+    }
+}
