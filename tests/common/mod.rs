@@ -87,6 +87,34 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A TCP port on 127.0.0.1 held for the caller until the returned socket
+/// is dropped. The socket is bound with SO_REUSEADDR but never listens:
+/// while it is open the kernel hands the port to no other `bind` to port 0
+/// (so no parallel test can draw it), yet a server that binds it with
+/// SO_REUSEADDR, as pgcorral's listeners do, and listens on it gets it.
+/// Unlike [`free_port`], nothing can take the port between the choice and
+/// the server's bind.
+pub fn reserved_port() -> (std::os::fd::OwnedFd, u16) {
+    use nix::sys::socket::{
+        bind, getsockname, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType,
+        SockaddrIn,
+    };
+    use std::os::fd::AsRawFd;
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("a TCP socket");
+    setsockopt(&fd, sockopt::ReuseAddr, &true).expect("SO_REUSEADDR");
+    bind(fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, 0)).expect("bind 127.0.0.1:0");
+    let port = getsockname::<SockaddrIn>(fd.as_raw_fd())
+        .expect("the reserved address")
+        .port();
+    (fd, port)
+}
+
 /// Runs a command to completion, killing it after `timeout`; stdout and
 /// stderr are collected on threads so a chatty child cannot block on a pipe.
 pub fn output_within(cmd: &mut Command, timeout: Duration) -> io::Result<Output> {
