@@ -99,6 +99,13 @@ pub fn install_quit_handler(sig: Signal, fd: RawFd, farewell: &'static [u8]) -> 
     Ok(())
 }
 
+/// Points the quit handler's farewell at another descriptor (-1: none),
+/// without touching dispositions or masks: one store, for a process that
+/// serves one peer after another.
+pub fn set_farewell_fd(fd: RawFd) {
+    FAREWELL_FD.store(fd, Ordering::SeqCst);
+}
+
 /// While deferred, the quit handler only raises `QUIT` and returns; the
 /// caller is then responsible for noticing it (with the signal blocked
 /// outside its waits, see `poll::wait_pair`).

@@ -143,9 +143,9 @@ pub struct Ended {
 }
 
 /// Serves one client; `sockets` are the pooled sockets this process has
-/// collected so far.
+/// collected so far. `signals::install` has run in this process.
 pub fn run(ctx: &Context<'_>, client: OwnedFd, peer: &Peer, sockets: &mut Sockets) -> Ended {
-    signals::install(client.as_raw_fd());
+    signals::farewell_to(client.as_raw_fd());
     crate::process_title::set(&format!("pgcorral: {peer} start-up"));
     let ended = match serve(ctx, client.as_fd(), peer, sockets) {
         Ok(outcome) => Ended { status: 0, outcome },
@@ -170,7 +170,7 @@ pub fn run(ctx: &Context<'_>, client: OwnedFd, peer: &Peer, sockets: &mut Socket
     };
     // The number is free once the client is closed: SIGQUIT must never
     // send a goodbye to whatever gets it next.
-    signals::install(-1);
+    signals::farewell_to(-1);
     ended
 }
 

@@ -107,6 +107,8 @@ pub fn serve_clients(
     first: Option<(OwnedFd, Peer)>,
     channel: Option<&OwnedFd>,
 ) -> i32 {
+    // What the supervisor set up for itself is undone once per process.
+    signals::install(-1);
     let me = std::process::id() as i32;
     let limit = ctx.config.main.worker_max_clients;
     let mut sockets = Sockets::new();
@@ -156,10 +158,9 @@ pub fn serve_clients(
     }
 }
 
-/// Between clients: nothing of the last client shows, and SIGQUIT ends
-/// the process at once.
+/// Between clients: nothing of the last client shows (`run` has pointed
+/// SIGQUIT's goodbye away from it; SIGQUIT now ends the process at once).
 fn idle() {
-    signals::install(-1);
     crate::process_title::set(IDLE_TITLE);
 }
 

@@ -55,6 +55,12 @@ pub fn install(client: RawFd) {
     }
 }
 
+/// The client SIGQUIT says goodbye to from now on (-1: none, between
+/// clients). `install` has run once in this process.
+pub fn farewell_to(client: RawFd) {
+    signal::set_farewell_fd(client);
+}
+
 /// From here on SIGQUIT is blocked except inside `ppoll`, which unblocks it
 /// atomically: a signal that lands between the pipeline's check of `STOP`
 /// and its wait is then delivered in the wait, never lost.
