@@ -1,5 +1,6 @@
 //! Process titles, so that `ps` tells a DBA which process serves whom:
-//! `pgcorral: supervisor`, `pgcorral: alice/sales 10.1.2.3:5012`.
+//! `pgcorral: supervisor`, `pgcorral: alice/sales 10.1.2.3:5012`,
+//! `pgcorral: 10.1.2.3:5013 start-up`, `pgcorral: idle worker`.
 //!
 //! Linux shows `/proc/PID/cmdline` from the memory that held the program's
 //! original arguments; the title is written over it (truncated to the room

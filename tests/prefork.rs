@@ -551,3 +551,50 @@ fn a_worker_exits_after_worker_max_clients() {
     assert_ne!(pid, worker);
     terminate(stream);
 }
+
+/// A worker keeps the pooled sockets it was given for later clients; one
+/// whose connection was closed and whose slot got a new one is never used
+/// again: the slot's generation tells them apart.
+#[test]
+fn a_reused_worker_never_uses_a_replaced_connection() {
+    let pg = Postgres::start();
+    let pc = Pgcorral::start(
+        &pg,
+        "pipeline = \"session\"\nworkers_min_spare = 0\nworkers_max_spare = 1\n\
+         max_connections = 1",
+    );
+    let backend = |c: &mut postgres::Client| -> i32 {
+        c.query_one("select pg_backend_pid()", &[])
+            .expect("pg_backend_pid")
+            .get(0)
+    };
+    let mut first = pc.connect();
+    let old = backend(&mut first);
+    let worker = pc.workers()[0];
+    drop(first);
+    wait_sole_idle(&pc, worker);
+    let out = output_within(
+        Command::new(env!("CARGO_BIN_EXE_pgcorral-cli"))
+            .arg("-s")
+            .arg(&pc.socket_dir)
+            .args(["-p", &pc.port.to_string(), "flush", "idle"]),
+        Duration::from_secs(30),
+    )
+    .expect("pgcorral-cli flush idle");
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        wait_until(Duration::from_secs(20), || !pg.backend_exists(old)),
+        "the flushed connection's backend is still there"
+    );
+    // The one slot gets a new connection, and the same worker serves.
+    for _ in 0..2 {
+        let mut next = pc.connect();
+        assert_eq!(pc.workers(), [worker], "another worker served");
+        let now = backend(&mut next);
+        assert_ne!(now, old, "the closed connection was used");
+        let v: i32 = next.query_one("select 3", &[]).expect("query").get(0);
+        assert_eq!(v, 3);
+        drop(next);
+        wait_sole_idle(&pc, worker);
+    }
+}

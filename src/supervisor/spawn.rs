@@ -3,8 +3,8 @@
 //! The child does as little as it can before serving: it drops every
 //! descriptor it inherited except its client (when it was forked for one),
 //! its channel to the supervisor (when it may serve more than one client),
-//! the log file and the pooled-socket range, with at most four
-//! `close_range` calls. The parent only closes its copies.
+//! the log file and the pooled-socket range, with one `close_range` call
+//! per gap between them (at most five). The parent only closes its copies.
 
 use std::cell::Cell;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
