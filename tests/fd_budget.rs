@@ -3,8 +3,9 @@
 //! served. Under a hard limit of 256 the clients beyond what it leaves room
 //! for are told 53300, never left hanging, and once the load drops a new
 //! client is served with nobody's help. A worker whose request finds the
-//! supervisor out of descriptors, and a client for whom no process can be
-//! forked, are told 53300 too, and the pool goes on afterwards.
+//! supervisor out of descriptors, a client for whom no process can be
+//! forked, and a remote administrator beyond the bound are told 53300 too,
+//! and service goes on afterwards.
 
 mod common;
 
@@ -82,20 +83,23 @@ enum Outcome {
     Broken(String),
 }
 
+/// An ErrorResponse's SQLSTATE and message.
+fn refusal(body: &[u8]) -> Outcome {
+    let field = |code: u8| {
+        body.split(|b| *b == 0)
+            .find(|f| f.first() == Some(&code))
+            .map(|f| String::from_utf8_lossy(&f[1..]).into_owned())
+            .unwrap_or_default()
+    };
+    Outcome::Refused(field(b'C'), field(b'M'))
+}
+
 /// Reads until ReadyForQuery or an ErrorResponse.
 fn until_ready(mut s: TcpStream) -> Outcome {
     loop {
         match message(&mut s) {
             Ok((b'Z', _)) => return Outcome::Served(s),
-            Ok((b'E', body)) => {
-                let field = |code: u8| {
-                    body.split(|b| *b == 0)
-                        .find(|f| f.first() == Some(&code))
-                        .map(|f| String::from_utf8_lossy(&f[1..]).into_owned())
-                        .unwrap_or_default()
-                };
-                return Outcome::Refused(field(b'C'), field(b'M'));
-            }
+            Ok((b'E', body)) => return refusal(&body),
             Ok(_) => {}
             Err(e) => return Outcome::Broken(e.to_string()),
         }
@@ -445,4 +449,44 @@ fn users_processes(uid: Uid) -> u64 {
                 .unwrap_or(1)
         })
         .sum()
+}
+
+/// How remote management answers a start-up packet: `Served` when it asks
+/// for authentication.
+fn remote_answer(port: u16) -> Outcome {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to remote management");
+    s.set_read_timeout(Some(ANSWER)).expect("timeout");
+    s.write_all(&startup_message("admin", "pgcorral"))
+        .expect("send the start-up packet");
+    match message(&mut s) {
+        Ok((b'R', _)) => Outcome::Served(s),
+        Ok((b'E', body)) => refusal(&body),
+        other => Outcome::Broken(format!("{other:?}")),
+    }
+}
+
+#[test]
+fn remote_management_sessions_are_admitted_like_clients() {
+    let pg = Postgres::start();
+    let port = common::free_port();
+    let pc = Pgcorral::start(&pg, &format!("management = {port}\nmax_clients = 1"));
+    let mut held = pc.connect();
+    held.simple_query("SELECT 1").expect("served");
+    match remote_answer(port) {
+        Outcome::Refused(code, msg) => assert_eq!(code, "53300", "{msg}"),
+        other => panic!("an administrator beyond max_clients must get 53300, got {other:?}"),
+    }
+    assert!(
+        pc.log().contains("remote management from"),
+        "the refusal is logged"
+    );
+    drop(held);
+    assert!(
+        wait_until(Duration::from_secs(20), || pc.workers().is_empty()),
+        "the client's worker ends"
+    );
+    assert!(
+        matches!(remote_answer(port), Outcome::Served(_)),
+        "with the client gone an administrator is asked to log in"
+    );
 }
