@@ -466,17 +466,17 @@ ensure_instance() { # target group: restarts an instance of which a process died
     done
 }
 
-describe_group() { # group: "transaction mode, pool 20"
-    local pool="${1##*-}" s
-    s="${1%-*} mode, pool $pool"
-    [ "$pgbouncers" -eq 1 ] || s="$s (pgbouncer: $pgbouncers × $(pgbouncer_pool "$pool"))"
+describe() { # target group: "transaction mode, pool 20"
+    local pool="${2##*-}" s
+    s="${2%-*} mode, pool $pool"
+    [ "$1" != pgbouncer ] || [ "$pgbouncers" -eq 1 ] || s="$s ($pgbouncers processes × $(pgbouncer_pool "$pool"))"
     echo "$s"
 }
 
 for g in "${groups[@]}"; do
     write_configs "$g"
     for t in pgbouncer pgcorral; do
-        log "starting $t, $(describe_group "$g"), port ${group_port[$t-$g]}"
+        log "starting $t, $(describe "$t" "$g"), port ${group_port[$t-$g]}"
         start_instance "$t" "$g"
     done
 done
@@ -486,7 +486,7 @@ if [ -n "$serve" ]; then
     for g in "${groups[@]}"; do
         for t in pgbouncer pgcorral; do
             k="$t-$g"
-            echo "$t ($(describe_group "$g")): port ${inst_port[$k]}, pid(s) ${inst_pid[$k]:-none}, ${inst_state[$k]}"
+            echo "$t ($(describe "$t" "$g")): port ${inst_port[$k]}, pid(s) ${inst_pid[$k]:-none}, ${inst_state[$k]}"
         done
     done
     echo "Logs in $tmp (copied to $results/logs on exit). Ctrl-C stops everything."
