@@ -9,6 +9,8 @@ use std::thread;
 use std::time::Duration;
 
 use common::{wait_until, Pgcorral, Postgres};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use pgcorral::segment::Segment;
 use pgcorral::slot::SlotState;
 
@@ -139,5 +141,50 @@ fn fifty_clients_share_two_connections_in_transaction_mode() {
         wait_until(Duration::from_secs(30), || settled(&seg)),
         "line or slots not settled: {} waiting",
         seg.line().waiting()
+    );
+}
+
+/// A worker killed (SIGKILL) while it waits in line: the supervisor takes
+/// its place out of the line, so the connection given back later is not
+/// handed to a dead process, and the next client is served.
+#[test]
+fn a_worker_killed_in_line_leaves_no_trace() {
+    let pg = Postgres::start();
+    let pc = Pgcorral::start(&pg, &format!("{TRANSACTION}\nmax_connections = 1"));
+    let seg = segment(&pc);
+
+    // Connecting takes the connection for a moment: both before it is held.
+    let mut victim = pc.connect();
+    let mut holder = pc.connect();
+    holder
+        .simple_query("begin; select 1")
+        .expect("open a transaction on the only connection");
+    let waiting = thread::spawn(move || victim.simple_query("select 1").map(|_| ()));
+    assert!(
+        wait_until(Duration::from_secs(60), || seg.line().waiting() == 1),
+        "the victim never joined the line"
+    );
+    let owners = seg.line().owners();
+    assert_eq!(owners.len(), 1, "one place in line: {owners:?}");
+    kill(Pid::from_raw(owners[0]), Signal::SIGKILL).expect("kill the waiting worker");
+    assert!(
+        waiting.join().expect("victim thread").is_err(),
+        "the killed worker's client was served"
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || seg.line().owners().is_empty()),
+        "the dead worker still has a place in line: {:?}",
+        seg.line().owners()
+    );
+    assert_eq!(seg.line().queued(), 0);
+
+    holder.simple_query("commit").expect("commit");
+    let mut next = pc.connect();
+    next.simple_query("select 1")
+        .expect("the next client is served");
+    drop((holder, next));
+    assert!(
+        wait_until(Duration::from_secs(30), || settled(&seg)),
+        "line or slots not settled"
     );
 }
