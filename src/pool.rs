@@ -465,7 +465,7 @@ pub(crate) fn release(seg: &Segment, index: usize, me: i32) -> bool {
 /// between, the waiter finds the slot HANDED to it at its next look
 /// (`try_acquire`), at most `MAX_NAP` later; if the waiter dies, the
 /// supervisor hands the slot on (`reclaim_owner`).
-pub(crate) fn hand_on(seg: &Segment, index: usize, from: SlotState, owner: i32) -> bool {
+fn hand_on(seg: &Segment, index: usize, from: SlotState, owner: i32) -> bool {
     let Some(slot) = seg.slots().get(index) else {
         return false;
     };
