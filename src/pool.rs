@@ -265,7 +265,9 @@ pub fn try_acquire(seg: &Segment, want: Want<'_>, me: i32) -> Option<Acquired> {
             slot.touch(now_ms());
             return Some(Acquired::Pooled(i));
         }
-        hand_on(seg, i, SlotState::InUse, me);
+        // Back as it was (a hash collision): whoever could use it was
+        // served when it went FREE, so nobody is rung.
+        let _ = slot.transition(SlotState::InUse, me, SlotState::Free, NO_OWNER);
     }
 
     let limit = seg.limit(want.limit);
