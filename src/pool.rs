@@ -265,8 +265,8 @@ pub fn try_acquire(seg: &Segment, want: Want<'_>, me: i32) -> Option<Acquired> {
             slot.touch(now_ms());
             return Some(Acquired::Pooled(i));
         }
-        // Back as it was (a hash collision): whoever could use it was
-        // served when it went FREE, so nobody is rung.
+        // A hash collision: back FREE as if never looked at (ringing
+        // could ring ourselves, and we would take it again).
         let _ = slot.transition(SlotState::InUse, me, SlotState::Free, NO_OWNER);
     }
 
