@@ -731,6 +731,17 @@ impl Pgcorral {
     /// it to a port file once its listeners are up; this returns then, so
     /// parallel tests never compete for a port.
     pub fn start(pg: &Postgres, extra: &str) -> Pgcorral {
+        Pgcorral::start_with(pg, extra, |_| Command::new(pgcorral_bin()))
+    }
+
+    /// As [`Pgcorral::start`], with the command `launch` makes (another
+    /// user, other limits) given the directory that will hold the
+    /// configuration, the log and the sockets; the arguments are added here.
+    pub fn start_with(
+        pg: &Postgres,
+        extra: &str,
+        launch: impl FnOnce(&Path) -> Command,
+    ) -> Pgcorral {
         let tmp = tempfile::Builder::new()
             .prefix("pgcorral.")
             .tempdir()
@@ -742,18 +753,16 @@ impl Pgcorral {
 
         fs::write(&config_path, render_config(pg, 0, &dir, extra)).expect("write pgcorral.toml");
         let log = File::create(&log_path).expect("create pgcorral.log");
-        let mut proc = GroupChild::spawn(
-            Command::new(pgcorral_bin())
-                .arg("-c")
-                .arg(&config_path)
-                .arg("--port-file")
-                .arg(&port_file)
-                .env("RUST_BACKTRACE", "1")
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("dup the log file"))
-                .stderr(log),
-        )
-        .expect("spawn pgcorral");
+        let mut cmd = launch(&dir);
+        cmd.arg("-c")
+            .arg(&config_path)
+            .arg("--port-file")
+            .arg(&port_file)
+            .env("RUST_BACKTRACE", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup the log file"))
+            .stderr(log);
+        let mut proc = GroupChild::spawn(&mut cmd).expect("spawn pgcorral");
 
         // The file is renamed into place whole, after the listeners are
         // bound: once it can be read, connections are accepted.
