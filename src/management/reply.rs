@@ -235,6 +235,8 @@ pub struct Status {
     /// Clients whose session state keeps their connection (transaction
     /// pipeline).
     pub pinned: u32,
+    /// Clients waiting in line for a server connection.
+    pub waiting: usize,
     pub max_connections: usize,
     pub connections: Connections,
     pub limits: Vec<LimitStatus>,
@@ -267,6 +269,9 @@ impl fmt::Display for Status {
         writeln!(f, "Idle workers:    {}", self.idle_workers)?;
         if self.pinned > 0 {
             writeln!(f, "Pinned clients:  {}", self.pinned)?;
+        }
+        if self.waiting > 0 {
+            writeln!(f, "Waiting clients: {}", self.waiting)?;
         }
         let by_state: Vec<String> = self
             .connections
@@ -648,6 +653,7 @@ mod tests {
             clients: 1,
             idle_workers: 5,
             pinned: 0,
+            waiting: 0,
             max_connections: 4,
             connections: Connections {
                 total: 2,

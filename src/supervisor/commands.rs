@@ -29,11 +29,12 @@ use crate::segment::Segment;
 use crate::slot::{Slot, SlotState, NO_OWNER};
 
 /// Every state, in the order `status` reports them.
-const STATES: [SlotState; 10] = [
+const STATES: [SlotState; 11] = [
     SlotState::NotInit,
     SlotState::Init,
     SlotState::Free,
     SlotState::InUse,
+    SlotState::Handed,
     SlotState::Gracefully,
     SlotState::Flush,
     SlotState::IdleCheck,
@@ -461,6 +462,7 @@ impl Supervisor {
             clients: self.clients(),
             idle_workers: self.spares.idle(),
             pinned: self.segment.pinned(),
+            waiting: self.segment.line().waiting(),
             max_connections: slots.len(),
             connections: Connections {
                 total: slots.len() - counts[0],
