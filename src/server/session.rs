@@ -117,6 +117,9 @@ pub(super) fn send_idle(
     timeout: Duration,
 ) -> Result<Vec<Answer>, SessionError> {
     io::send_all_within(server, requests, timeout)?;
+    if count == 0 {
+        return Ok(Vec::new());
+    }
     // An answer takes a round trip: waiting first spares the read that
     // would find nothing yet.
     io::wait_within(server, io::Events::POLLIN, timeout)?;
@@ -360,6 +363,13 @@ mod tests {
                 assert_eq!(rest, unasked, "pieces {pieces}: the unasked message stays");
             }
         }
+    }
+
+    #[test]
+    fn nothing_asked_nothing_read() {
+        let (ours, _theirs) = UnixStream::pair().unwrap();
+        let answers = send_idle(ours.as_fd(), &Slot::default(), b"", 0, LIMIT).unwrap();
+        assert!(answers.is_empty());
     }
 
     #[test]
