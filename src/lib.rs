@@ -21,4 +21,5 @@ pub mod slot;
 pub mod supervisor;
 pub mod sys;
 pub mod vault;
+pub mod waiters;
 pub mod worker;

@@ -4,12 +4,22 @@
 //! `reclaim_owner` and `finish_remove`; upkeep (the supervisor and its
 //! helpers) uses `take_for_check` and what follows it, and
 //! `reserve_for_prefill`.
+//!
+//! A worker that finds nothing waits in the segment's line (`waiters`);
+//! every connection given back clean goes through `hand_on`, the one place
+//! that decides who gets it: the longest waiter that can use it, handed
+//! over directly and woken alone.
 
+use std::sync::atomic::{fence, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::auth::proof::AuthProof;
 use crate::segment::Segment;
 use crate::slot::{identity_key, Slot, SlotState, NO_OWNER};
+use crate::waiters::{Left, Place, Wanted};
+
+#[cfg(test)]
+mod line_tests;
 
 /// What a client needs a server connection for.
 #[derive(Debug, Clone, Copy)]
@@ -41,8 +51,13 @@ pub enum PoolError {
 }
 
 /// Longest single sleep while waiting; bounds the delay when a wake-up is
-/// missed (for example a slot freed by a process that then died).
+/// missed (for example a process that died between handing a slot over and
+/// ringing, or a nudge to a waiter that was just leaving).
 const MAX_NAP: Duration = Duration::from_millis(100);
+
+/// A key no want has (`identity_key` is never 0): choosing for it finds
+/// only waiters that may create a connection.
+const NO_KEY: u64 = 0;
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -52,6 +67,12 @@ pub fn now_ms() -> u64 {
 }
 
 /// Gets a slot for `want`, waiting until `deadline` when none can be had.
+///
+/// A worker that finds nothing joins the line and sleeps on its own bell
+/// until a connection is handed to it, a nudge says one may be free or
+/// empty, or `MAX_NAP` passes; each time it looks at the slots again,
+/// keeping its place. It leaves the line at the deadline or at shutdown,
+/// unless a slot was handed to it first: then it takes that slot.
 pub fn acquire(
     seg: &Segment,
     want: Want<'_>,
@@ -59,6 +80,96 @@ pub fn acquire(
     deadline: Instant,
 ) -> Result<Acquired, PoolError> {
     let started = Instant::now();
+    if seg.shutting_down() {
+        return Err(PoolError::ShuttingDown);
+    }
+    if let Some(got) = try_acquire(seg, want, me) {
+        return Ok(got);
+    }
+    let wanted = Wanted {
+        key: identity_key(want.database, want.user),
+        settings: want.settings,
+        limit: want.limit,
+    };
+    let mut ticket = None;
+    loop {
+        let Some(place) = seg.line().enter(wanted, me, ticket) else {
+            return poll(seg, want, me, started, deadline);
+        };
+        ticket = Some(place.ticket());
+        if let Some(got) = wait_in_line(seg, place, want, me, deadline) {
+            return Ok(got);
+        }
+        if seg.shutting_down() {
+            return Err(PoolError::ShuttingDown);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(PoolError::Timeout(now - started));
+        }
+        // A connection handed over turned out unusable (flushed, stale):
+        // back in line, at the same place.
+    }
+}
+
+/// Waits in line for a slot, and leaves the line whatever happens. `None`
+/// at the deadline, at shutdown, or when what was handed over could not be
+/// used.
+fn wait_in_line(
+    seg: &Segment,
+    place: Place<'_>,
+    want: Want<'_>,
+    me: i32,
+    deadline: Instant,
+) -> Option<Acquired> {
+    loop {
+        let bell = place.bell();
+        let found = if place.granted() {
+            None
+        } else {
+            try_acquire(seg, want, me)
+        };
+        if found.is_none() && !place.granted() && !seg.shutting_down() {
+            let now = Instant::now();
+            if now < deadline {
+                place.sleep(bell, (deadline - now).min(MAX_NAP));
+                continue;
+            }
+        }
+        let rung = place.bell() != bell;
+        return match (found, place.leave()) {
+            (None, Left::Withdrew) => {
+                if rung {
+                    // Nudged after our last look and leaving: whatever
+                    // was freed goes to the next one.
+                    nudge_creator(seg);
+                }
+                None
+            }
+            (found, Left::Withdrew) => found,
+            // The scan itself took the slot handed to us.
+            (Some(Acquired::Pooled(i)), Left::Granted(j)) if i == j => Some(Acquired::Pooled(i)),
+            (found, Left::Granted(j)) => {
+                // Two slots: keep the one handed over (pooled, ready) and
+                // give back what the scan found.
+                if let Some(other) = found {
+                    give_back(seg, other, me);
+                }
+                take_handed(seg, j, want, me)
+            }
+        };
+    }
+}
+
+/// Waiting without a place in line (every cell taken): look at the slots
+/// whenever any is given back, as the line's workers are rung one by one.
+fn poll(
+    seg: &Segment,
+    want: Want<'_>,
+    me: i32,
+    started: Instant,
+    deadline: Instant,
+) -> Result<Acquired, PoolError> {
     loop {
         if seg.shutting_down() {
             return Err(PoolError::ShuttingDown);
@@ -74,6 +185,36 @@ pub fn acquire(
             return Err(PoolError::Timeout(now - started));
         }
         seg.wait_for_change(seen, (deadline - now).min(MAX_NAP));
+    }
+}
+
+/// Takes the slot handed to `me` (HANDED → IN_USE). `None`, with the slot
+/// given on or closed, when it is not one `want` can use after all: flushed
+/// or stale since it was handed over (or an identity-hash collision).
+fn take_handed(seg: &Segment, index: usize, want: Want<'_>, me: i32) -> Option<Acquired> {
+    let slot = seg.slots().get(index)?;
+    slot.transition(SlotState::Handed, me, SlotState::InUse, me)
+        .ok()?;
+    let key = identity_key(want.database, want.user);
+    if suits(slot, key, want)
+        && slot.matches(want.database, want.user)
+        && is_current(seg, slot)
+        && !slot.close_on_release()
+    {
+        slot.touch(now_ms());
+        return Some(Acquired::Pooled(index));
+    }
+    release(seg, index, me);
+    None
+}
+
+/// Gives back a slot acquired but not wanted any more, untouched.
+fn give_back(seg: &Segment, got: Acquired, me: i32) {
+    match got {
+        Acquired::Pooled(i) => {
+            release(seg, i, me);
+        }
+        Acquired::New(i) => abandon_new(seg, i, me),
     }
 }
 
@@ -98,7 +239,16 @@ fn suits(slot: &Slot, key: u64, want: Want<'_>) -> bool {
 pub fn try_acquire(seg: &Segment, want: Want<'_>, me: i32) -> Option<Acquired> {
     let key = identity_key(want.database, want.user);
     for (i, slot) in seg.slots().iter().enumerate() {
-        if !suits(slot, key, want) || slot.state() != SlotState::Free || !is_current(seg, slot) {
+        let (state, owner) = slot.snapshot();
+        if state == SlotState::Handed && owner == me {
+            // Handed to us by a releaser that did not get to grant it
+            // (it died, or we left the line in between): ours to take.
+            match take_handed(seg, i, want, me) {
+                Some(got) => return Some(got),
+                None => continue,
+            }
+        }
+        if !suits(slot, key, want) || state != SlotState::Free || !is_current(seg, slot) {
             continue;
         }
         if !slot.try_take_free(me) {
@@ -115,6 +265,8 @@ pub fn try_acquire(seg: &Segment, want: Want<'_>, me: i32) -> Option<Acquired> {
             slot.touch(now_ms());
             return Some(Acquired::Pooled(i));
         }
+        // A hash collision: back FREE as if never looked at (ringing
+        // could ring ourselves, and we would take it again).
         let _ = slot.transition(SlotState::InUse, me, SlotState::Free, NO_OWNER);
     }
 
@@ -213,7 +365,7 @@ pub fn abandon_new(seg: &Segment, index: usize, me: i32) {
         if let Some(l) = seg.limit(limit) {
             l.release();
         }
-        seg.notify();
+        emptied(seg);
     }
 }
 
@@ -299,13 +451,82 @@ pub(crate) fn release(seg: &Segment, index: usize, me: i32) -> bool {
         return discard(seg, index, me);
     }
     slot.touch(now_ms());
-    let ok = slot
-        .transition(SlotState::InUse, me, SlotState::Free, NO_OWNER)
-        .is_ok();
-    if ok {
+    hand_on(seg, index, SlotState::InUse, me)
+}
+
+/// Gives a clean, current connection its holder has as `(from, owner)` to
+/// the longest waiter that can use it: handed over directly (HANDED, owner
+/// the waiter's pid) when it wants this database, user and settings;
+/// otherwise the slot goes FREE and that waiter is nudged to evict it. With
+/// nobody waiting it just goes FREE. Only the waiter it goes to is woken.
+/// False when the caller did not hold the slot.
+///
+/// Handing over moves the slot first and grants the waiter's cell second:
+/// if the waiter left the line in between, the grant fails and the slot is
+/// taken back (HANDED → the next waiter, or FREE); if the releaser dies in
+/// between, the waiter finds the slot HANDED to it at its next look
+/// (`try_acquire`), at most `MAX_NAP` later; if the waiter dies, the
+/// supervisor hands the slot on (`reclaim_owner`).
+fn hand_on(seg: &Segment, index: usize, from: SlotState, owner: i32) -> bool {
+    let Some(slot) = seg.slots().get(index) else {
+        return false;
+    };
+    let (key, settings) = (slot.key(), slot.settings());
+    let line = seg.line();
+    let (mut from, mut owner, mut ours) = (from, owner, true);
+    loop {
+        let pick = line.choose(key, settings, |limit| has_room(seg, limit));
+        if let Some(p) = pick.filter(|p| p.matches) {
+            if slot
+                .transition(from, owner, SlotState::Handed, p.pid())
+                .is_err()
+            {
+                // Not ours to begin with; or, taking it back, the waiter
+                // took it after all or the supervisor reclaimed it.
+                return !ours;
+            }
+            if line.grant(&p, index) {
+                return true;
+            }
+            (from, owner, ours) = (SlotState::Handed, p.pid(), false);
+            continue;
+        }
+        if slot
+            .transition(from, owner, SlotState::Free, NO_OWNER)
+            .is_err()
+        {
+            return !ours;
+        }
+        // Against a worker joining the line meanwhile: it fences between
+        // joining and looking at the slots, we between freeing and looking
+        // at the line, so it sees the slot FREE or we see it waiting.
+        fence(Ordering::SeqCst);
+        if let Some(p) = line.choose(key, settings, |limit| has_room(seg, limit)) {
+            line.nudge(&p);
+        }
         seg.notify();
+        return true;
     }
-    ok
+}
+
+/// Whether a waiter under `limit` could open a connection now.
+fn has_room(seg: &Segment, limit: Option<usize>) -> bool {
+    seg.limit(limit).is_none_or(|l| l.active() < l.max_size())
+}
+
+/// A slot was emptied (and its limit charge released): wake the longest
+/// waiter that may open a connection in it.
+fn emptied(seg: &Segment) {
+    fence(Ordering::SeqCst);
+    nudge_creator(seg);
+    seg.notify();
+}
+
+fn nudge_creator(seg: &Segment) {
+    let line = seg.line();
+    if let Some(p) = line.choose(NO_KEY, 0, |limit| has_room(seg, limit)) {
+        line.nudge(&p);
+    }
 }
 
 /// The close path of `check_in`: the supervisor closes the connection.
@@ -316,14 +537,16 @@ pub(crate) fn discard(seg: &Segment, index: usize, me: i32) -> bool {
     })
 }
 
-/// Supervisor: takes back every slot a dead worker held. Returns the slots
-/// whose connection must be closed (their state is unknown) and then passed
-/// to `finish_remove`.
+/// Supervisor: takes back every slot a dead worker held, and its place in
+/// the line. Returns the slots whose connection must be closed (their
+/// state is unknown) and then passed to `finish_remove`.
 pub fn reclaim_owner(seg: &Segment, dead: i32) -> Vec<usize> {
     let mut to_close = Vec::new();
     if dead == NO_OWNER {
         return to_close;
     }
+    // Out of the line first, so that nothing below is handed to it.
+    seg.line().reclaim(dead);
     for (i, slot) in seg.slots().iter().enumerate() {
         let (state, owner) = slot.snapshot();
         if owner != dead {
@@ -332,6 +555,11 @@ pub fn reclaim_owner(seg: &Segment, dead: i32) -> Vec<usize> {
         match state {
             SlotState::Init => abandon_new(seg, i, dead),
             SlotState::NotInit | SlotState::Free => {}
+            // Handed over clean to a worker that died before taking it:
+            // the next waiter gets it, unless it may not be pooled now.
+            SlotState::Handed if !slot.close_on_release() && is_current(seg, slot) => {
+                hand_on(seg, i, SlotState::Handed, dead);
+            }
             other => {
                 if slot
                     .transition(other, dead, SlotState::Remove, NO_OWNER)
@@ -379,17 +607,10 @@ pub fn take_for_check(seg: &Segment, index: usize, check: SlotState, me: i32) ->
         .is_some_and(|s| s.transition(SlotState::Free, NO_OWNER, check, me).is_ok())
 }
 
-/// The check passed: the connection goes back to the pool, its idle time
-/// unchanged.
+/// The check passed: the connection goes back to the pool (or to the
+/// longest waiter), its idle time unchanged.
 pub fn return_checked(seg: &Segment, index: usize, check: SlotState, me: i32) -> bool {
-    let ok = seg
-        .slots()
-        .get(index)
-        .is_some_and(|s| s.transition(check, me, SlotState::Free, NO_OWNER).is_ok());
-    if ok {
-        seg.notify();
-    }
-    ok
+    hand_on(seg, index, check, me)
 }
 
 /// The check failed: the supervisor is to close the connection (REMOVE).
@@ -406,7 +627,7 @@ pub fn finish_checked(seg: &Segment, index: usize, check: SlotState, me: i32) ->
 }
 
 /// `(from, owner)` → NOTINIT, releasing the slot's limit charge and waking
-/// waiters.
+/// the longest waiter that may open a connection.
 fn empty(seg: &Segment, index: usize, from: SlotState, owner: i32) -> bool {
     let Some(slot) = seg.slots().get(index) else {
         return false;
@@ -427,7 +648,7 @@ fn empty(seg: &Segment, index: usize, from: SlotState, owner: i32) -> bool {
         if let Some(l) = seg.limit(limit) {
             l.release();
         }
-        seg.notify();
+        emptied(seg);
     }
     ok
 }

@@ -3,7 +3,8 @@
 //!
 //! Layout (offsets in bytes; no pointers inside, only indices):
 //! `0` header · `HEADER_SIZE` limit records · `DISABLED_OFFSET` disabled
-//! databases · `SLOTS_OFFSET` slots.
+//! databases · `SLOTS_OFFSET` slots · after the slots, the cells of the
+//! line of waiting workers (`waiters`).
 //!
 //! Runtime state that every process must agree on lives here, not in each
 //! process's copy of the configuration: the primary server (an index into
@@ -26,6 +27,7 @@ use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
 use crate::disabled::DisabledTable;
 use crate::slot::Slot;
 use crate::sys;
+use crate::waiters::{self, Line};
 
 pub const MAGIC: [u8; 8] = *b"PGCORRAL";
 /// Bumped whenever the layout changes, so that an incompatible process
@@ -74,11 +76,11 @@ struct Header {
     slot_size: AtomicU32,
     limit_count: AtomicU32,
     supervisor_pid: AtomicI32,
-    /// Bumped whenever a slot becomes available; waiting workers sleep on it
-    /// with a futex instead of polling.
+    /// Bumped whenever a slot may have become available; a worker that
+    /// found no room in the line of waiters sleeps on it with a futex.
     wake_seq: AtomicU32,
     /// How many workers sleep on `wake_seq`, so releasing a slot costs a
-    /// futex syscall only when somebody waits.
+    /// futex syscall only when somebody waits there.
     waiters: AtomicU32,
     shutting_down: AtomicU32,
     /// The primary server's index (low 32 bits) and the epoch (high 32
@@ -89,6 +91,9 @@ struct Header {
     /// pipeline), for `status`. A worker that dies without unwinding
     /// leaves its count behind until the supervisor restarts.
     pinned: AtomicU32,
+    /// The line of waiting workers: ticket counter, how many wait, how
+    /// many cells were ever used. Appended in layout 9, with the cells.
+    line: waiters::Counters,
 }
 
 /// The server new connections go to, and which switch made it primary.
@@ -170,6 +175,20 @@ const _: () = assert!(DISABLED_OFFSET.is_multiple_of(std::mem::align_of::<Disabl
 const _: () = assert!(std::mem::align_of::<Header>() <= 4096);
 const _: () = assert!(HEADER_SIZE.is_multiple_of(std::mem::align_of::<LimitRecord>()));
 const _: () = assert!(SLOTS_OFFSET.is_multiple_of(std::mem::align_of::<Slot>()));
+const _: () = assert!(SLOTS_OFFSET.is_multiple_of(std::mem::align_of::<waiters::Cell>()));
+const _: () =
+    assert!(std::mem::size_of::<Slot>().is_multiple_of(std::mem::align_of::<waiters::Cell>()));
+
+/// Where the line's cells start: right after the slots (a slot's size keeps
+/// the cells' alignment, checked above).
+fn cells_offset(slot_count: usize) -> usize {
+    SLOTS_OFFSET + slot_count * std::mem::size_of::<Slot>()
+}
+
+/// The whole mapping's size for `slot_count` slots.
+fn segment_size(slot_count: usize) -> usize {
+    cells_offset(slot_count) + waiters::CELLS * std::mem::size_of::<waiters::Cell>()
+}
 
 impl Segment {
     /// Creates a zeroed segment: every slot NOTINIT, every limit at 0.
@@ -177,7 +196,7 @@ impl Segment {
         if slot_count == 0 || slot_count > MAX_SLOTS {
             return Err(SegmentError::SlotCount(slot_count));
         }
-        let size = SLOTS_OFFSET + slot_count * std::mem::size_of::<Slot>();
+        let size = segment_size(slot_count);
         let fd = memfd_create(c"pgcorral", MemFdCreateFlag::MFD_CLOEXEC)
             .map_err(|e| SegmentError::Create(e.into()))?;
         let file = File::from(fd);
@@ -258,7 +277,7 @@ impl Segment {
             || header.version.load(Ordering::Relaxed) != VERSION
             || header.slot_size.load(Ordering::Relaxed) as usize != std::mem::size_of::<Slot>()
             || slot_count > MAX_SLOTS
-            || len < SLOTS_OFFSET + slot_count * std::mem::size_of::<Slot>()
+            || len < segment_size(slot_count)
         {
             return Err(SegmentError::Incompatible);
         }
@@ -284,6 +303,21 @@ impl Segment {
                 self.slot_count,
             )
         }
+    }
+
+    /// The line of workers waiting for a slot.
+    pub fn line(&self) -> Line<'_> {
+        // SAFETY: CELLS cells fit after the slots (sized at create, checked
+        // at attach), at an offset aligned for them (checked at compile
+        // time above); all-zero bytes are empty cells; they are only
+        // touched atomically.
+        let cells = unsafe {
+            std::slice::from_raw_parts(
+                self.map.as_ptr().add(cells_offset(self.slot_count)) as *const waiters::Cell,
+                waiters::CELLS,
+            )
+        };
+        Line::new(&self.header().line, cells)
     }
 
     pub fn limits(&self) -> &[LimitRecord] {
@@ -345,6 +379,13 @@ impl Segment {
 
     pub fn set_shutting_down(&self) {
         self.header().shutting_down.store(1, Ordering::Release);
+        self.wake_all();
+    }
+
+    /// Wakes every waiting worker, in line or not, to look at the slots
+    /// again: for what changes more than one slot (shutdown, new limits).
+    pub fn wake_all(&self) {
+        self.line().wake_all();
         self.notify();
     }
 
@@ -352,13 +393,15 @@ impl Segment {
         self.header().shutting_down.load(Ordering::Acquire) != 0
     }
 
-    /// Read before scanning the slots; pass to `wait_for_change` so that a
-    /// release between the scan and the wait is not missed.
+    /// For workers that found no room in the line: read before scanning
+    /// the slots; pass to `wait_for_change` so that a release between the
+    /// scan and the wait is not missed.
     pub fn wake_seq(&self) -> u32 {
         self.header().wake_seq.load(Ordering::SeqCst)
     }
 
-    /// Tells waiting workers that a slot may have become available.
+    /// Tells workers waiting outside the line that a slot may have become
+    /// available. (Those in line are rung by `pool::hand_on` one at a time.)
     ///
     /// The notifier writes `wake_seq` then reads `waiters`; a waiter writes
     /// `waiters` then reads `wake_seq`. With only acquire/release, both
@@ -406,7 +449,7 @@ impl Segment {
         self.header().pinned.load(Ordering::Relaxed)
     }
 
-    /// How many processes sleep in `wait_for_change` now.
+    /// How many processes sleep in `wait_for_change` now (outside the line).
     pub fn waiters(&self) -> u32 {
         self.header().waiters.load(Ordering::SeqCst)
     }

@@ -729,6 +729,26 @@ fn malformed_management_messages_leave_the_supervisor_serving() {
     );
 }
 
+/// What the remote management test relies on to pick its port without a
+/// race: a listener that sets SO_REUSEADDR (as pgcorral's and std's do)
+/// binds the reserved port, a socket without it cannot.
+#[test]
+fn a_reserved_port_is_held_for_a_listener() {
+    use nix::sys::socket::{bind, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+    use std::os::fd::AsRawFd;
+    let (_reservation, port) = common::reserved_port();
+    let plain = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    assert!(bind(plain.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, port)).is_err());
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("the reserved port");
+    assert_eq!(listener.local_addr().unwrap().port(), port);
+}
+
 /// Remote management: SCRAM against the admins file, then the same
 /// commands as the local socket.
 #[test]
@@ -762,7 +782,8 @@ fn remote_management_needs_the_admin_password() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let port = common::free_port();
+    // Held until pgcorral listens on it, so no parallel test draws it.
+    let (_reservation, port) = common::reserved_port();
     let pc = Pgcorral::start(
         &pg,
         &format!(

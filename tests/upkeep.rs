@@ -46,11 +46,14 @@ fn backend_pid(client: &mut common::Client) -> i32 {
 
 /// Pids of PostgreSQL's client backends other than the asking one: with
 /// only pgcorral connecting, the pool's connections.
+/// Client backends other than the ones `psql` itself opens: the backend of
+/// an earlier call may still be on its way out when the next one looks.
 fn backends(pg: &Postgres) -> Vec<i32> {
     let mut pids: Vec<i32> = pg
         .psql(
             "select pid from pg_stat_activity \
-             where backend_type = 'client backend' and pid <> pg_backend_pid()",
+             where backend_type = 'client backend' and pid <> pg_backend_pid() \
+             and application_name <> 'psql'",
         )
         .lines()
         .filter_map(|l| l.trim().parse().ok())

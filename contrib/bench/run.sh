@@ -16,8 +16,12 @@
 #                     also: performance = pgcorral's performance pipeline against
 #                     pgbouncer session mode without a reset query)
 #   --workloads LIST  only these workloads (names as in the table, e.g. select-c10-simple)
+#   --pgbouncers N    N pgbouncer processes per pool, sharing its port with
+#                     so_reuseport and its pool (pool / N each, rounded up);
+#                     their CPU and memory are summed (default 1)
+#   --idle-clients N  idle clients for the memory measurement (default 100)
 #   --results DIR     where to keep the results (default /tmp/pgcorral-bench-<time>)
-#   --no-memory       skip the 100-idle-clients memory measurement
+#   --no-memory       skip the idle-clients memory measurement
 #   --serve           start everything, print the ports and wait for Ctrl-C
 #                     (for profiling: run perf or pgbench by hand meanwhile)
 #
@@ -38,7 +42,7 @@ only_workloads=""
 results=""
 memory=yes
 serve=""
-jobs=2
+pgbouncers=1
 session_pool=100
 transaction_pool=20
 idle_clients=100
@@ -52,6 +56,8 @@ while [ $# -gt 0 ]; do
         --quick) rounds=1; duration=5; shift ;;
         --modes) modes="$2"; shift 2 ;;
         --workloads) only_workloads="$2"; shift 2 ;;
+        --pgbouncers) pgbouncers="$2"; shift 2 ;;
+        --idle-clients) idle_clients="$2"; shift 2 ;;
         --results) results="$2"; shift 2 ;;
         --no-memory) memory=""; shift ;;
         --serve) serve=yes; shift ;;
@@ -59,7 +65,9 @@ while [ $# -gt 0 ]; do
         *) echo "run.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
     esac
 done
-case "$rounds$duration" in *[!0-9]*) echo "run.sh: --rounds and --duration take integers" >&2; exit 2 ;; esac
+for v in "$rounds" "$duration" "$pgbouncers" "$idle_clients"; do
+    case "$v" in ''|*[!0-9]*|0*) echo "run.sh: --rounds, --duration, --pgbouncers and --idle-clients take positive integers" >&2; exit 2 ;; esac
+done
 IFS=, read -r -a mode_list <<<"$modes"
 for m in "${mode_list[@]}"; do
     case "$m" in session|transaction|performance) ;; *) echo "run.sh: unknown mode $m" >&2; exit 2 ;; esac
@@ -115,14 +123,22 @@ fi
 
 # ---------------------------------------------------------------- workloads
 
-# name | pgbench arguments | clients | allowed in transaction mode (1/0)
+# name | pgbench arguments | clients | where | pool
+#   where: any      every mode given with --modes;
+#          no-txn   every mode but transaction (a "skipped" row there);
+#          txn-only transaction mode only (no row for the other modes).
+#   pool:  server connections of the poolers it runs against; empty: the
+#          mode's pool (session and performance 100, transaction 20).
 workloads=(
-    "select-c10-simple|-S -M simple -c 10|10|1"
-    "select-c10-prepared|-S -M prepared -c 10|10|0"
-    "select-c100-simple|-S -M simple -c 100|100|1"
-    "select-c100-prepared|-S -M prepared -c 100|100|0"
-    "tpcb-c10-simple|-M simple -c 10|10|1"
-    "connect-select-c10|-C -S -M simple -c 10|10|1"
+    "select-c10-simple|-S -M simple -c 10|10|any|"
+    "select-c10-prepared|-S -M prepared -c 10|10|no-txn|"
+    "select-c100-simple|-S -M simple -c 100|100|any|"
+    "select-c100-prepared|-S -M prepared -c 100|100|no-txn|"
+    "tpcb-c10-simple|-M simple -c 10|10|any|"
+    "connect-select-c10|-C -S -M simple -c 10|10|any|"
+    "select-c50-on20|-S -M simple -c 50|50|txn-only|20"
+    "select-c256-on32|-S -M simple -c 256|256|txn-only|32"
+    "tpcb-c50-on20|-M simple -c 50|50|txn-only|20"
 )
 if [ -n "$only_workloads" ]; then
     kept=()
@@ -133,9 +149,78 @@ if [ -n "$only_workloads" ]; then
     workloads=("${kept[@]}")
 fi
 
-pool_of() {
+pool_of() { # mode: its pool when a workload names none
     case "$1" in transaction) echo "$transaction_pool" ;; *) echo "$session_pool" ;; esac
 }
+
+runs_in() { # where mode
+    case "$1-$2" in
+        any-*) return 0 ;;
+        no-txn-transaction) return 1 ;;
+        no-txn-*) return 0 ;;
+        txn-only-transaction) return 0 ;;
+        *) return 1 ;;
+    esac
+}
+
+group_of() { # mode workload-pool: the pooler pair a workload runs against, "<mode>-<pool>"
+    echo "$1-${2:-$(pool_of "$1")}"
+}
+
+# One pgbouncer (of --pgbouncers processes) and one pgcorral per pooler group:
+# every mode's own pool, and every other pool a workload in that mode names.
+groups=()
+add_group() {
+    local g
+    for g in "${groups[@]}"; do [ "$g" != "$1" ] || return 0; done
+    groups+=("$1")
+}
+for m in "${mode_list[@]}"; do
+    add_group "$(group_of "$m" "")"
+done
+max_run_clients=0
+for w in "${workloads[@]}"; do
+    IFS='|' read -r name args clients where wpool <<<"$w"
+    for m in "${mode_list[@]}"; do
+        if runs_in "$where" "$m"; then
+            add_group "$(group_of "$m" "$wpool")"
+            [ "$clients" -le "$max_run_clients" ] || max_run_clients="$clients"
+        fi
+    done
+done
+
+# pgbench -j follows the cores, capped by the clients (pgbench refuses more
+# threads than clients).
+nproc_n="$(nproc)"
+jobs_for() { # clients
+    if [ "$1" -lt "$nproc_n" ]; then echo "$1"; else echo "$nproc_n"; fi
+}
+
+# Clients each pooler must accept at once: the largest workload or the idle
+# clients, plus the harness's own check connections and workers still exiting.
+clients_needed="$max_run_clients"
+[ -z "$memory" ] || [ "$idle_clients" -le "$clients_needed" ] || clients_needed="$idle_clients"
+clients_needed=$((clients_needed + 64))
+pgbouncer_max_client_conn=1000
+[ "$clients_needed" -le "$pgbouncer_max_client_conn" ] || pgbouncer_max_client_conn="$clients_needed"
+# pgcorral's max_clients is written only above its default (1000), so that
+# binaries from before the key still start.
+pgcorral_max_clients_line=""
+[ "$clients_needed" -le 1000 ] || pgcorral_max_clients_line="max_clients = $clients_needed"
+
+# Descriptors: pgbouncer holds one per client and server connection, the
+# idle-clients measurement one per client; all inherit this shell's limit.
+fd_need=$((pgbouncer_max_client_conn + 2 * session_pool + 256))
+fd_soft="$(ulimit -Sn)"
+fd_hard="$(ulimit -Hn)"
+if [ "$fd_soft" != unlimited ] && [ "$fd_soft" -lt "$fd_need" ]; then
+    if [ "$fd_hard" = unlimited ] || [ "$fd_hard" -ge "$fd_need" ]; then
+        ulimit -Sn "$fd_need"
+    else
+        ulimit -Sn "$fd_hard"
+        log "WARNING: the descriptor limit is $fd_hard (hard); $fd_need are wanted for $clients_needed clients"
+    fi
+fi
 
 # ---------------------------------------------------------------- state and cleanup
 
@@ -146,6 +231,8 @@ tmp="$(mktemp -d -t pgcorral-bench.XXXXXX)"
 pg_data="$tmp/data"
 pg_started=""
 bench_pid=""
+# Per instance ("<target>-<mode>-<pool>"): its pids (pgbouncer: one per
+# process, space separated), port and state.
 declare -A inst_pid=() inst_port=() inst_state=()
 
 as_pg=()
@@ -188,7 +275,9 @@ cleanup() {
         wait "$bench_pid" 2>/dev/null
     fi
     for k in "${!inst_pid[@]}"; do
-        [ -n "${inst_pid[$k]}" ] && stop_tree "${inst_pid[$k]}"
+        for p in ${inst_pid[$k]}; do
+            stop_tree "$p"
+        done
     done
     if [ -n "$pg_started" ]; then
         (cd "$tmp" && "${as_pg[@]}" "$pg_ctl_bin" -D "$pg_data" -m fast -w -t 20 stop) >/dev/null 2>&1 ||
@@ -207,13 +296,26 @@ trap 'exit 143' TERM
 
 # ---------------------------------------------------------------- PostgreSQL
 
-read -r pg_port pgb_port_s pgb_port_t pgb_port_p pgc_port_s pgc_port_t pgc_port_p <<<"$("${helper[@]}" free-ports 7)"
+pgbouncer_pool() { # pool: per pgbouncer process
+    echo $(((${1} + pgbouncers - 1) / pgbouncers))
+}
 
-# Enough for both poolers' pools in every mode plus 100 direct clients.
+read -r -a ports <<<"$("${helper[@]}" free-ports $((1 + 2 * ${#groups[@]})))"
+pg_port="${ports[0]}"
+declare -A group_port=()
+i=1
+for g in "${groups[@]}"; do
+    group_port[pgbouncer-$g]="${ports[$i]}"
+    group_port[pgcorral-$g]="${ports[$((i + 1))]}"
+    i=$((i + 2))
+done
+
+# Enough for every pooler's pool plus the largest direct run.
 pg_max_connections=300
-need=$((100 + 10))
-for m in "${mode_list[@]}"; do
-    need=$((need + 2 * $(pool_of "$m")))
+need=$((max_run_clients + 10))
+for g in "${groups[@]}"; do
+    pool="${g##*-}"
+    need=$((need + pgbouncers * $(pgbouncer_pool "$pool") + pool))
 done
 [ "$need" -le "$pg_max_connections" ] || pg_max_connections="$need"
 pg_settings="fsync=off, max_connections=$pg_max_connections, other settings default"
@@ -236,49 +338,50 @@ log "pgbench -i -s 10 (PostgreSQL on port $pg_port)"
 
 # ---------------------------------------------------------------- poolers
 
-port_of() { # target mode
-    case "$1-$2" in
-        pgbouncer-session) echo "$pgb_port_s" ;; pgbouncer-transaction) echo "$pgb_port_t" ;;
-        pgbouncer-performance) echo "$pgb_port_p" ;; pgcorral-session) echo "$pgc_port_s" ;;
-        pgcorral-transaction) echo "$pgc_port_t" ;; pgcorral-performance) echo "$pgc_port_p" ;;
-    esac
-}
-
 printf '"postgres" ""\n' >"$tmp/userlist.txt"
 
-write_configs() { # mode
-    local m="$1" pool pgb_mode reset pipeline
-    pool="$(pool_of "$m")"
+write_configs() { # group ("<mode>-<pool>")
+    local g="$1" m="${1%-*}" pool="${1##*-}" pgb_mode reset pipeline n reuseport=""
     case "$m" in
         session) pgb_mode=session; reset="DISCARD ALL"; pipeline=session ;;
         transaction) pgb_mode=transaction; reset="DISCARD ALL"; pipeline=transaction ;;
         performance) pgb_mode=session; reset=""; pipeline=performance ;;
     esac
-    cat >"$tmp/pgbouncer-$m.ini" <<INI
+    # pgbouncer is one process; more of them share the port through
+    # SO_REUSEPORT (the kernel spreads new connections over them) and need
+    # their own socket directory, pid file and log.
+    [ "$pgbouncers" -eq 1 ] || reuseport="so_reuseport = 1"
+    for n in $(seq "$pgbouncers"); do
+        mkdir -p "$tmp/pgbouncer-$g-$n"
+        cat >"$tmp/pgbouncer-$g-$n.ini" <<INI
 [databases]
 * = host=127.0.0.1 port=$pg_port
 
 [pgbouncer]
 listen_addr = 127.0.0.1
-listen_port = $(port_of pgbouncer "$m")
-unix_socket_dir = $tmp
+listen_port = ${group_port[pgbouncer-$g]}
+unix_socket_dir = $tmp/pgbouncer-$g-$n
 auth_type = trust
 auth_file = $tmp/userlist.txt
 pool_mode = $pgb_mode
 server_reset_query = $reset
-default_pool_size = $pool
-max_client_conn = 1000
-logfile = $tmp/pgbouncer-$m.log
-pidfile = $tmp/pgbouncer-$m.pid
+default_pool_size = $(pgbouncer_pool "$pool")
+max_client_conn = $pgbouncer_max_client_conn
+logfile = $tmp/pgbouncer-$g-$n.log
+pidfile = $tmp/pgbouncer-$g-$n.pid
 log_connections = 0
 log_disconnections = 0
+$reuseport
 INI
-    cat >"$tmp/pgcorral-$m.toml" <<TOML
+        [ -z "${as_pg[*]}" ] || chown postgres: "$tmp/pgbouncer-$g-$n.ini" "$tmp/pgbouncer-$g-$n"
+    done
+    cat >"$tmp/pgcorral-$g.toml" <<TOML
 [pgcorral]
 host = "127.0.0.1"
-port = $(port_of pgcorral "$m")
+port = ${group_port[pgcorral-$g]}
 unix_socket_dir = "$tmp"
 max_connections = $pool
+$pgcorral_max_clients_line
 blocking_timeout = "30s"
 pipeline = "$pipeline"
 log_level = "warn"
@@ -287,69 +390,103 @@ log_level = "warn"
 host = "127.0.0.1"
 port = $pg_port
 TOML
-    [ -z "${as_pg[*]}" ] || chown postgres: "$tmp/pgbouncer-$m.ini"
 }
 
-start_instance() { # target mode; sets inst_state to up or unavailable
-    local t="$1" m="$2" k="$1-$2" port pid
-    port="$(port_of "$t" "$m")"
+answers() { # port [host]: whether a pooler there serves a query
+    # As pgbench names itself: the server connection this opens is pooled,
+    # and a pgbench client given it later should not need a SET.
+    PGAPPNAME=pgbench "$psql_bin" -X -q -At -h "${2:-127.0.0.1}" -p "$1" -c 'select 1' >/dev/null 2>&1
+}
+
+start_instance() { # target group; sets inst_state to up or unavailable
+    local t="$1" g="$2" k="$1-$2" port pid pids="" n up
+    port="${group_port[$k]}"
     if [ "$t" = pgbouncer ]; then
-        (cd "$tmp" && exec "${as_pg_exec[@]}" "$pgbouncer_bin" "$tmp/pgbouncer-$m.ini") \
-            >>"$tmp/pgbouncer-$m.stderr.log" 2>&1 &
+        for n in $(seq "$pgbouncers"); do
+            (cd "$tmp" && exec "${as_pg_exec[@]}" "$pgbouncer_bin" "$tmp/pgbouncer-$g-$n.ini") \
+                >>"$tmp/pgbouncer-$g-$n.stderr.log" 2>&1 &
+            pids="$pids $!"
+        done
     else
-        "$pgcorral_bin" -c "$tmp/pgcorral-$m.toml" >>"$tmp/pgcorral-$m.log" 2>&1 &
+        "$pgcorral_bin" -c "$tmp/pgcorral-$g.toml" >>"$tmp/pgcorral-$g.log" 2>&1 &
+        pids="$!"
     fi
-    pid=$!
-    inst_pid[$k]="$pid"
+    inst_pid[$k]="${pids# }"
     inst_port[$k]="$port"
     for _ in $(seq 100); do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            wait "$pid" 2>/dev/null || true
-            inst_pid[$k]=""
-            inst_state[$k]=unavailable
-            log "$t ($m) exited at start-up: not available; its log ($tmp/$t-$m*.log):"
-            tail -n 5 "$tmp/$t-$m"*.log 2>/dev/null | sed 's/^/    /' >&2 || true
-            return 0
-        fi
-        # As pgbench names itself: the server connection this opens is pooled,
-        # and a pgbench client given it later should not need a SET.
-        if PGAPPNAME=pgbench "$psql_bin" -X -q -At -p "$port" -c 'select 1' >/dev/null 2>&1; then
+        up=yes
+        n=0
+        for pid in ${inst_pid[$k]}; do
+            n=$((n + 1))
+            if ! kill -0 "$pid" 2>/dev/null; then
+                log "$t ($g) exited at start-up: not available; its log ($tmp/$t-$g*.log):"
+                tail -n 5 "$tmp/$t-$g"*.log 2>/dev/null | sed 's/^/    /' >&2 || true
+                stop_instance "$k"
+                return 0
+            fi
+            # Each pgbouncer through its own Unix socket: over TCP the
+            # kernel picks one of them.
+            if [ "$t" = pgbouncer ]; then
+                answers "$port" "$tmp/pgbouncer-$g-$n" || up=""
+            else
+                answers "$port" || up=""
+            fi
+        done
+        if [ -n "$up" ]; then
             inst_state[$k]=up
             return 0
         fi
         sleep 0.1
     done
-    inst_state[$k]=unavailable
-    log "$t ($m) did not answer within 10 s: not available"
-    stop_tree "$pid"
-    inst_pid[$k]=""
+    log "$t ($g) did not answer within 10 s: not available"
+    stop_instance "$k"
 }
 
-ensure_instance() { # target mode: restarts an instance that died since the last run
-    local k="$1-$2"
+stop_instance() { # key: stops all its processes, marks it unavailable
+    local pid
+    for pid in ${inst_pid[$1]}; do
+        stop_tree "$pid"
+        wait "$pid" 2>/dev/null || true
+    done
+    inst_pid[$1]=""
+    inst_state[$1]=unavailable
+}
+
+ensure_instance() { # target group: restarts an instance of which a process died since the last run
+    local k="$1-$2" pid
     [ "${inst_state[$k]}" = up ] || return 0
-    if ! kill -0 "${inst_pid[$k]}" 2>/dev/null; then
-        log "WARNING: $1 ($2) is gone (pid ${inst_pid[$k]}); restarting it. Log: $tmp/$1-$2.log"
-        echo "$(date +%H:%M:%S) $1 ($2) was found dead and restarted" >>"$results/incidents.txt"
-        wait "${inst_pid[$k]}" 2>/dev/null || true
-        start_instance "$1" "$2"
-    fi
+    for pid in ${inst_pid[$k]}; do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            log "WARNING: $1 ($2) process $pid is gone; restarting. Logs: $tmp/$1-$2*.log"
+            echo "$(date +%H:%M:%S) $1 ($2) was found dead and restarted" >>"$results/incidents.txt"
+            stop_instance "$k"
+            start_instance "$1" "$2"
+            return 0
+        fi
+    done
 }
 
-for m in "${mode_list[@]}"; do
-    write_configs "$m"
+describe() { # target group: "transaction mode, pool 20"
+    local pool="${2##*-}" s
+    s="${2%-*} mode, pool $pool"
+    [ "$1" != pgbouncer ] || [ "$pgbouncers" -eq 1 ] || s="$s ($pgbouncers processes × $(pgbouncer_pool "$pool"))"
+    echo "$s"
+}
+
+for g in "${groups[@]}"; do
+    write_configs "$g"
     for t in pgbouncer pgcorral; do
-        log "starting $t, $m mode, pool $(pool_of "$m"), port $(port_of "$t" "$m")"
-        start_instance "$t" "$m"
+        log "starting $t, $(describe "$t" "$g"), port ${group_port[$t-$g]}"
+        start_instance "$t" "$g"
     done
 done
 
 if [ -n "$serve" ]; then
     echo "PostgreSQL: psql -h 127.0.0.1 -p $pg_port -U postgres postgres (data in $pg_data)"
-    for m in "${mode_list[@]}"; do
+    for g in "${groups[@]}"; do
         for t in pgbouncer pgcorral; do
-            k="$t-$m"
-            echo "$t ($m, pool $(pool_of "$m")): port ${inst_port[$k]}, pid ${inst_pid[$k]:-none}, ${inst_state[$k]}"
+            k="$t-$g"
+            echo "$t ($(describe "$t" "$g")): port ${inst_port[$k]}, pid(s) ${inst_pid[$k]:-none}, ${inst_state[$k]}"
         done
     done
     echo "Logs in $tmp (copied to $results/logs on exit). Ctrl-C stops everything."
@@ -372,16 +509,21 @@ pgcorral_version="$pgcorral_version ($pgcorral_bin)"
 
 workload_json=""
 for w in "${workloads[@]}"; do
-    IFS='|' read -r name args clients txn_ok <<<"$w"
+    IFS='|' read -r name args clients where wpool <<<"$w"
     wm=""
+    ws=""
     for m in "${mode_list[@]}"; do
-        if [ "$m" != transaction ] || [ "$txn_ok" = 1 ]; then wm="$wm\"$m\","; fi
+        if runs_in "$where" "$m"; then
+            wm="$wm\"$m\","
+        elif [ "$where" = no-txn ]; then
+            ws="$ws\"$m\","
+        fi
     done
-    workload_json="$workload_json{\"name\":\"$name\",\"args\":\"$args\",\"clients\":$clients,\"modes\":[${wm%,}],\"skip_note\":\"-M prepared needs prepared-statement tracking in transaction mode (pgbouncer 1.18 has none; pgcorral does not carry named statements across connections)\"},"
+    workload_json="$workload_json{\"name\":\"$name\",\"args\":\"$args\",\"clients\":$clients,\"jobs\":$(jobs_for "$clients"),\"pool\":${wpool:-null},\"modes\":[${wm%,}],\"skipped\":[${ws%,}],\"skip_note\":\"-M prepared needs prepared-statement tracking in transaction mode, which pgbouncer 1.18 does not have\"},"
 done
 
 META_STARTED="$(date '+%Y-%m-%d %H:%M:%S %Z')" \
-META_NPROC="$(nproc)" \
+META_NPROC="$nproc_n" \
 META_CPU="$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)" \
 META_KERNEL="$(uname -r)" \
 META_MEM="$(awk '/MemTotal/ {printf "%.0f GiB RAM", $2/1048576}' /proc/meminfo)" \
@@ -389,17 +531,20 @@ META_POSTGRES="$("$postgres_bin" --version)" \
 META_PGBOUNCER="$("$pgbouncer_bin" --version | head -n 1)" \
 META_PGBENCH="$("$pgbench_bin" --version)" \
 META_PGCORRAL="$pgcorral_version" \
-META_ROUNDS="$rounds" META_DURATION="$duration" META_JOBS="$jobs" \
+META_ROUNDS="$rounds" META_DURATION="$duration" META_PGBOUNCERS="$pgbouncers" \
 META_SETTINGS="$pg_settings" \
 META_MODES="$modes" META_WORKLOADS="[${workload_json%,}]" \
 META_POOLS="{\"session\":$session_pool,\"transaction\":$transaction_pool,\"performance\":$session_pool}" \
 python3 - "$results/meta.json" <<'PY'
 import json, os, sys
 e = os.environ
+pools = json.loads(e["META_POOLS"])
+n_pgb = int(e["META_PGBOUNCERS"])
 notes = [
     "Pool: server connections per pooler. Session mode needs one per client, so session-mode pools are "
-    f"{json.loads(e['META_POOLS'])['session']} (else 90 of the -c 100 clients would queue for a connection); "
-    f"transaction mode uses {json.loads(e['META_POOLS'])['transaction']}. '(queue)': more clients than server connections.",
+    f"{pools['session']} (else 90 of the -c 100 clients would queue for a connection); "
+    f"transaction mode uses {pools['transaction']}, and a workload named ...-onN runs against a "
+    "pooler pair of its own with a pool of N. '(queue)': more clients than server connections.",
     "session: pgbouncer pool_mode=session and pgcorral pipeline=\"session\", both DISCARD ALL when a client leaves. "
     "transaction: pool_mode=transaction / pipeline=\"transaction\". performance (if run): pgcorral's performance "
     "pipeline against pgbouncer session mode with server_reset_query empty.",
@@ -408,13 +553,18 @@ notes = [
     "pgbench, PostgreSQL and the pooler share the machine's CPUs, so a pooler's own CPU use lowers the TPS it lets through.",
     "tpcb-like: pgbench_branches/tellers are vacuumed and pgbench_history truncated directly before every run (pgbench's own pre-run vacuum), then the run uses -n.",
 ]
+if n_pgb > 1:
+    notes.append(
+        f"pgbouncer: {n_pgb} processes per pool on one port (so_reuseport = 1; the kernel spreads new connections "
+        f"over them by a hash of the address, not evenly), each with default_pool_size = pool / {n_pgb} rounded up; "
+        "CPU and memory are summed over all of them.")
 meta = {
-    "started": e["META_STARTED"], "nproc": e["META_NPROC"], "cpu": e["META_CPU"],
+    "started": e["META_STARTED"], "nproc": int(e["META_NPROC"]), "cpu": e["META_CPU"],
     "kernel": e["META_KERNEL"], "mem": e["META_MEM"], "postgres": e["META_POSTGRES"],
     "pgbouncer": e["META_PGBOUNCER"], "pgbench": e["META_PGBENCH"], "pgcorral": e["META_PGCORRAL"],
-    "rounds": int(e["META_ROUNDS"]), "duration": int(e["META_DURATION"]), "jobs": int(e["META_JOBS"]),
+    "rounds": int(e["META_ROUNDS"]), "duration": int(e["META_DURATION"]), "pgbouncers": n_pgb,
     "pg_settings": e["META_SETTINGS"], "modes": e["META_MODES"].split(","),
-    "workloads": json.loads(e["META_WORKLOADS"]), "pools": json.loads(e["META_POOLS"]), "notes": notes,
+    "workloads": json.loads(e["META_WORKLOADS"]), "pools": pools, "notes": notes,
 }
 with open(sys.argv[1], "w") as f:
     json.dump(meta, f, indent=1)
@@ -423,9 +573,10 @@ PY
 
 # ---------------------------------------------------------------- runs
 
-run_pgbench() { # out-file port args...: pgbench in the background so that traps fire at once
-    local out="$1" port="$2" rc=0
-    shift 2
+run_pgbench() { # out-file port clients args...: pgbench in the background so that traps fire at once
+    local out="$1" port="$2" jobs rc=0
+    jobs="$(jobs_for "$3")"
+    shift 3
     "$pgbench_bin" -n -j "$jobs" -T "$duration" -p "$port" "$@" >"$out" 2>&1 &
     bench_pid=$!
     wait "$bench_pid" || rc=$?
@@ -433,49 +584,62 @@ run_pgbench() { # out-file port args...: pgbench in the background so that traps
     return "$rc"
 }
 
-wait_quiet() { # pid: until the pooler's workers have exited and been reaped (at most 5 s)
+wait_quiet() { # pid...: until the pooler's workers have exited and been reaped (at most 5 s)
     local n
     for _ in $(seq 50); do
-        n="$("${helper[@]}" tree "$1" | wc -w)"
-        [ "$n" -le 1 ] && return 0
+        n="$("${helper[@]}" tree "$@" | wc -w)"
+        [ "$n" -le $# ] && return 0
         sleep 0.1
     done
 }
 
-one_run() { # round workload-name args target mode
-    local r="$1" name="$2" args="$3" t="$4" m="$5" k="$4-$5" port pid out before after delta status
+alive() { # pid...: whether all of them are
+    local pid
+    for pid in "$@"; do
+        kill -0 "$pid" 2>/dev/null || return 1
+    done
+}
+
+one_run() { # round workload-name args clients target group ("-" for direct)
+    local r="$1" name="$2" args="$3" clients="$4" t="$5" g="$6" k="$5-$6" m="${6%-*}" port pids out before after delta status
     out="$results/pgbench/r$r-$name-$m-$t.txt"
     [ "$t" != direct ] || out="$results/pgbench/r$r-$name-direct.txt"
+    [ "$t" != direct ] || m=-
     printf '%s [round %s/%s] %-22s %-12s %-10s ' "$(date +%H:%M:%S)" "$r" "$rounds" "$name" "$m" "$t" >&2
     if [[ "$name" == tpcb* ]]; then
         direct_psql -c 'VACUUM pgbench_branches' -c 'VACUUM pgbench_tellers' -c 'TRUNCATE pgbench_history' >/dev/null
     fi
     if [ "$t" = direct ]; then
         port="$pg_port"
-        pid=""
+        pids=""
     else
-        ensure_instance "$t" "$m"
+        ensure_instance "$t" "$g"
         if [ "${inst_state[$k]}" != up ]; then
-            echo "$t ($m) not available" >"$out"
+            echo "$t ($g) not available" >"$out"
             "${helper[@]}" record "$results" "$r" "$name" "$m" "$t" unavailable "$out" - >&2
             return 0
         fi
         port="${inst_port[$k]}"
-        pid="${inst_pid[$k]}"
-        wait_quiet "$pid"
+        pids="${inst_pid[$k]}"
+        # shellcheck disable=SC2086 # pids are words
+        wait_quiet $pids
     fi
-    before="$([ -z "$pid" ] || "${helper[@]}" ticks "$pid")"
+    # shellcheck disable=SC2086
+    before="$([ -z "$pids" ] || "${helper[@]}" ticks $pids)"
     status=ok
     # shellcheck disable=SC2086 # args are words
-    run_pgbench "$out" "$port" $args || status=failed
+    run_pgbench "$out" "$port" "$clients" $args || status=failed
     delta=-
-    if [ -n "$pid" ]; then
-        wait_quiet "$pid"
-        after="$("${helper[@]}" ticks "$pid")"
+    if [ -n "$pids" ]; then
+        # shellcheck disable=SC2086
+        wait_quiet $pids
+        # shellcheck disable=SC2086
+        after="$("${helper[@]}" ticks $pids)"
         delta=$((after - before))
-        if ! kill -0 "$pid" 2>/dev/null; then
+        # shellcheck disable=SC2086
+        if ! alive $pids; then
             status=failed
-            echo "$(date +%H:%M:%S) $t ($m) died during $name, round $r" >>"$results/incidents.txt"
+            echo "$(date +%H:%M:%S) $t ($g) died during $name, round $r" >>"$results/incidents.txt"
         fi
     fi
     "${helper[@]}" record "$results" "$r" "$name" "$m" "$t" "$status" "$out" "$delta" >&2
@@ -485,50 +649,66 @@ one_run() { # round workload-name args target mode
 }
 
 # A short warm-up through every pooler, not recorded: fills the pools.
-for m in "${mode_list[@]}"; do
+for g in "${groups[@]}"; do
     for t in pgbouncer pgcorral; do
-        k="$t-$m"
+        k="$t-$g"
         [ "${inst_state[$k]}" = up ] || continue
-        "$pgbench_bin" -n -S -j "$jobs" -c 10 -T 2 -p "${inst_port[$k]}" >"$results/pgbench/warmup-$m-$t.txt" 2>&1 || true
+        "$pgbench_bin" -n -S -j "$(jobs_for 10)" -c 10 -T 2 -p "${inst_port[$k]}" >"$results/pgbench/warmup-$g-$t.txt" 2>&1 || true
     done
 done
 
-log "results in $results; $rounds round(s) of ${#workloads[@]} workload(s), $duration s per run"
+log "results in $results; $rounds round(s) of ${#workloads[@]} workload(s), $duration s per run, pgbench -j up to $nproc_n"
 for r in $(seq "$rounds"); do
     for w in "${workloads[@]}"; do
-        IFS='|' read -r name args clients txn_ok <<<"$w"
-        if [ "$txn_ok" = 1 ] || [ "$modes" != transaction ]; then
-            one_run "$r" "$name" "$args" direct -
-        fi
+        IFS='|' read -r name args clients where wpool <<<"$w"
+        run_modes=()
         for m in "${mode_list[@]}"; do
-            if [ "$m" = transaction ] && [ "$txn_ok" != 1 ]; then
-                continue
+            if runs_in "$where" "$m"; then
+                run_modes+=("$m")
             fi
-            one_run "$r" "$name" "$args" pgbouncer "$m"
-            one_run "$r" "$name" "$args" pgcorral "$m"
+        done
+        [ ${#run_modes[@]} -gt 0 ] || continue
+        one_run "$r" "$name" "$args" "$clients" direct -
+        for m in "${run_modes[@]}"; do
+            g="$(group_of "$m" "$wpool")"
+            one_run "$r" "$name" "$args" "$clients" pgbouncer "$g"
+            one_run "$r" "$name" "$args" "$clients" pgcorral "$g"
         done
     done
 done
 
 # ---------------------------------------------------------------- memory
 
+# Each mode's own pooler pair. Idle clients of a session-holding pipeline
+# (pgcorral's session and performance) each keep a server connection, so
+# with more of them than the pool the rest would wait for blocking_timeout:
+# that measurement is skipped. pgbouncer gives a server connection only to a
+# client that sends something.
 : >"$results/memory.jsonl"
 if [ -n "$memory" ]; then
     for m in "${mode_list[@]}"; do
+        g="$(group_of "$m" "")"
         for t in pgbouncer pgcorral; do
-            k="$t-$m"
-            log "memory: $t ($m) with $idle_clients idle clients"
-            ensure_instance "$t" "$m"
-            if [ "${inst_state[$k]}" != up ]; then
-                echo "{\"mode\":\"$m\",\"target\":\"$t\",\"status\":\"not available\"}" >>"$results/memory.jsonl"
+            k="$t-$g"
+            base="{\"mode\":\"$m\",\"target\":\"$t\",\"clients\":$idle_clients"
+            if [ "$t" = pgcorral ] && [ "$m" != transaction ] && [ "$idle_clients" -gt "$(pool_of "$m")" ]; then
+                log "memory: $t ($m): skipped, $idle_clients idle clients would need as many server connections"
+                echo "$base,\"status\":\"skipped\"}" >>"$results/memory.jsonl"
                 continue
             fi
-            wait_quiet "${inst_pid[$k]}"
-            if line="$("${helper[@]}" idle-mem "${inst_port[$k]}" "${inst_pid[$k]}" "$idle_clients" postgres postgres 2>"$tmp/idle-mem.err")"; then
+            log "memory: $t ($m) with $idle_clients idle clients"
+            ensure_instance "$t" "$g"
+            if [ "${inst_state[$k]}" != up ]; then
+                echo "$base,\"status\":\"not available\"}" >>"$results/memory.jsonl"
+                continue
+            fi
+            # shellcheck disable=SC2086
+            wait_quiet ${inst_pid[$k]}
+            if line="$("${helper[@]}" idle-mem "${inst_port[$k]}" "${inst_pid[$k]// /,}" "$idle_clients" postgres postgres 2>"$tmp/idle-mem.err")"; then
                 echo "${line%\}},\"mode\":\"$m\",\"target\":\"$t\",\"status\":\"ok\"}" >>"$results/memory.jsonl"
             else
                 log "memory measurement failed: $(tail -n 1 "$tmp/idle-mem.err")"
-                echo "{\"mode\":\"$m\",\"target\":\"$t\",\"status\":\"failed\"}" >>"$results/memory.jsonl"
+                echo "$base,\"status\":\"failed\"}" >>"$results/memory.jsonl"
             fi
         done
     done

@@ -7,6 +7,7 @@
 //! pass-through, keeps only one response for one salt (see `doc/SECURITY.md`).
 
 use openssl::hash::{hash, MessageDigest};
+use zeroize::Zeroizing;
 
 use super::constant_time_eq;
 
@@ -22,12 +23,13 @@ pub enum Md5Error {
 }
 
 /// `"md5" + hex(md5(password ‖ user))`, the form PostgreSQL stores in
-/// `pg_authid.rolpassword`.
-pub fn md5_password(user: &str, password: &[u8]) -> Result<String, Md5Error> {
-    let mut input = Vec::with_capacity(password.len() + user.len());
+/// `pg_authid.rolpassword`. It logs in as well as the password does, so it
+/// is wiped when dropped, like the password it was made from.
+pub fn md5_password(user: &str, password: &[u8]) -> Result<Zeroizing<String>, Md5Error> {
+    let mut input = Zeroizing::new(Vec::with_capacity(password.len() + user.len()));
     input.extend_from_slice(password);
     input.extend_from_slice(user.as_bytes());
-    Ok(prefixed_hex_md5(&input)?)
+    Ok(Zeroizing::new(prefixed_hex_md5(&input)?))
 }
 
 /// Whether `s` has the shape of a stored md5 password. PostgreSQL uses the
@@ -49,11 +51,11 @@ pub fn md5_response(
 ) -> Result<String, Md5Error> {
     let stored = if is_md5_password(stored_md5_or_plain) {
         // Already hashed: the bytes are ASCII by the check above.
-        String::from_utf8_lossy(stored_md5_or_plain).into_owned()
+        Zeroizing::new(String::from_utf8_lossy(stored_md5_or_plain).into_owned())
     } else {
         md5_password(user, stored_md5_or_plain)?
     };
-    let mut input = Vec::with_capacity(32 + 4);
+    let mut input = Zeroizing::new(Vec::with_capacity(32 + 4));
     input.extend_from_slice(&stored.as_bytes()[3..]);
     input.extend_from_slice(salt);
     Ok(prefixed_hex_md5(&input)?)
@@ -88,7 +90,7 @@ mod tests {
     #[test]
     fn stored_form_of_a_known_password() {
         assert_eq!(
-            md5_password("postgres", b"secret").unwrap(),
+            *md5_password("postgres", b"secret").unwrap(),
             POSTGRES_SECRET
         );
     }
@@ -98,7 +100,7 @@ mod tests {
         // What PostgreSQL 16 stored for `CREATE ROLE bob PASSWORD 'secret'`
         // with `password_encryption = 'md5'`.
         assert_eq!(
-            md5_password("bob", b"secret").unwrap(),
+            *md5_password("bob", b"secret").unwrap(),
             "md521f3163f8f86fa10bdefbfbd502a8f06"
         );
     }

@@ -2,14 +2,16 @@
 //! a time bound, for workers (socket transfers, one request per
 //! connection) and for `pgcorral-cli` (commands).
 
+use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::time::Duration;
 
 use super::command::{self, CommandRequest};
 use super::message::{self, Header, Id, HEADER_LEN};
-use super::transfer;
+use super::transfer::{self, TransferError};
 use super::ManagementError;
+use crate::sys::scm::ScmError;
 
 pub struct ManagementClient {
     sock: OwnedFd,
@@ -48,8 +50,7 @@ impl ManagementClient {
             slot_i32(slot)?,
             &message::generation_payload(generation),
         );
-        transfer::send(self.sock.as_fd(), &msg, Some(fd))?;
-        let reply = self.read_reply()?;
+        let reply = self.exchange(&msg, Some(fd))?;
         match reply.header.id {
             Id::Ack => Ok(()),
             Id::Error => Err(refused(&reply.payload)),
@@ -61,8 +62,7 @@ impl ManagementClient {
     /// the generation it belongs to.
     pub fn get_socket(&mut self, slot: usize) -> Result<(OwnedFd, u64), ManagementError> {
         let msg = message::encode(Id::GetSocket, slot_i32(slot)?, &[]);
-        transfer::send(self.sock.as_fd(), &msg, None)?;
-        let mut reply = self.read_reply()?;
+        let mut reply = self.exchange(&msg, None)?;
         match reply.header.id {
             Id::Socket => {
                 let generation = message::parse_generation(&reply.payload)?;
@@ -91,10 +91,9 @@ impl ManagementClient {
     /// its result (text or JSON, as requested).
     pub fn command(&mut self, req: &CommandRequest) -> Result<(bool, String), ManagementError> {
         let msg = message::encode(Id::Command, 0, &req.encode()?);
-        transfer::send(self.sock.as_fd(), &msg, None)?;
+        let mut reply = self.exchange(&msg, None)?;
         let mut text = Vec::new();
         loop {
-            let reply = self.read_reply()?;
             match reply.header.id {
                 Id::Reply => {
                     let (ok, piece) = command::decode_reply(&reply.payload)?;
@@ -105,10 +104,37 @@ impl ManagementClient {
                     if reply.header.slot != message::MORE {
                         return Ok((ok, String::from_utf8_lossy(&text).into_owned()));
                     }
+                    reply = self.read_reply()?;
                 }
                 Id::Error => return Err(refused(&reply.payload)),
                 _ => return Err(ManagementError::Malformed("unexpected reply to a command")),
             }
+        }
+    }
+
+    /// Sends one request and reads the first reply. A supervisor that
+    /// refused the connection may have closed it before the request went
+    /// out: its answer is still there to read, and says more than the
+    /// broken pipe.
+    fn exchange(
+        &mut self,
+        msg: &[u8],
+        fd: Option<BorrowedFd<'_>>,
+    ) -> Result<Reply, ManagementError> {
+        match transfer::send(self.sock.as_fd(), msg, fd) {
+            Ok(()) => self.read_reply(),
+            Err(TransferError::Scm(ScmError::Send(e)))
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                match self.read_reply() {
+                    Ok(reply) if reply.header.id == Id::Error => Ok(reply),
+                    _ => Err(TransferError::Scm(ScmError::Send(e)).into()),
+                }
+            }
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -149,5 +175,8 @@ fn slot_i32(slot: usize) -> Result<i32, ManagementError> {
 }
 
 fn refused(payload: &[u8]) -> ManagementError {
+    if payload == message::OUT_OF_DESCRIPTORS.as_bytes() {
+        return ManagementError::OutOfDescriptors;
+    }
     ManagementError::Refused(String::from_utf8_lossy(payload).into_owned())
 }

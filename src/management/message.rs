@@ -36,6 +36,10 @@ pub enum Id {
     Reply = 7,
 }
 
+/// The `Error` payload of a connection the supervisor took only to refuse
+/// it, being out of descriptors: the client may try again later.
+pub const OUT_OF_DESCRIPTORS: &str = "the supervisor is out of descriptors";
+
 /// Slot field of a `Reply` whose text continues in the next message.
 pub const MORE: i32 = 1;
 /// Slot field of the last (or only) `Reply` message of a result.

@@ -30,6 +30,10 @@ pub enum ManagementError {
     Refused(String),
     #[error("the supervisor closed the management connection")]
     Closed,
+    /// The supervisor had no descriptor for the connection: the request
+    /// was not carried out, and may succeed later.
+    #[error("{}", message::OUT_OF_DESCRIPTORS)]
+    OutOfDescriptors,
     #[error(transparent)]
     Command(#[from] command::CommandError),
 }

@@ -7,7 +7,6 @@
 //! remote peer.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
@@ -46,8 +45,10 @@ pub fn serve(
             return 1;
         }
     }
-    let local = match UnixStream::connect(local) {
-        Ok(s) => OwnedFd::from(s),
+    // Bounded like a worker's requests: the supervisor accepts at once or
+    // is stuck. The bound stays on for the relay's writes to it.
+    let local = match crate::sys::local::connect(local, super::client::REQUEST_TIMEOUT) {
+        Ok(s) => s,
         Err(e) => {
             log::error!("remote management: local socket: {e}");
             return 1;

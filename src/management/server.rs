@@ -210,6 +210,16 @@ impl Connection {
     }
 }
 
+/// Answers a connection the supervisor cannot keep (it was accepted on the
+/// reserve descriptor) and lets it go: one non-blocking send on a fresh
+/// socket, so nothing waits. A worker's request may already be in the
+/// socket; it is left unread, which on a Unix-domain socket loses nothing
+/// the worker needs.
+pub fn refuse(stream: BorrowedFd<'_>) {
+    let msg = message::encode(Id::Error, -1, message::OUT_OF_DESCRIPTORS.as_bytes());
+    let _ = transfer::send_once(stream, &msg, None);
+}
+
 fn request(
     fds: &mut Vec<OwnedFd>,
     header: Header,
@@ -284,6 +294,16 @@ mod tests {
             peer.write_all(&bad).unwrap();
             assert!(conn.read_requests(&mut Vec::new()).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_refused_peer_reads_out_of_descriptors() {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        refuse(ours.as_fd());
+        drop(ours);
+        let mut client = crate::management::client::ManagementClient::from_stream(theirs.into());
+        let err = client.get_socket(0).unwrap_err();
+        assert!(matches!(err, ManagementError::OutOfDescriptors), "{err:?}");
     }
 
     #[test]

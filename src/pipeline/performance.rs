@@ -196,3 +196,6 @@ fn client_write_failed(e: io::Error) -> Outcome {
 fn server_write_failed(e: io::Error) -> Outcome {
     closed_or_io(e, Outcome::ServerClosed)
 }
+
+#[cfg(test)]
+mod tests;

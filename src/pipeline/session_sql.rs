@@ -22,6 +22,7 @@
 use std::fmt;
 
 use super::params;
+use crate::protocol::extended::{Parse, Query};
 
 /// Why a client keeps its connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,18 +139,16 @@ fn lexed(sql: &[u8]) -> Findings {
     found
 }
 
-/// The text of a Parse body's query (the statement name first).
+/// The text of a Parse body's query; `None` for a malformed Parse, which
+/// the server refuses without running anything.
 pub fn parse_query(body: &[u8]) -> Option<&[u8]> {
-    let name_end = body.iter().position(|&b| b == 0)?;
-    let rest = &body[name_end + 1..];
-    let end = rest.iter().position(|&b| b == 0)?;
-    Some(&rest[..end])
+    Parse::read(body).ok().map(|p| p.query())
 }
 
-/// The text of a Query body.
+/// The text of a Query body; all of it when the NUL is missing, so that
+/// nothing a server might still run goes unlooked at.
 pub fn query_text(body: &[u8]) -> &[u8] {
-    let end = body.iter().position(|&b| b == 0).unwrap_or(body.len());
-    &body[..end]
+    Query::read(body).map_or(body, |q| q.sql)
 }
 
 fn is_space(b: u8) -> bool {

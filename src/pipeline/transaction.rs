@@ -284,6 +284,7 @@ impl<'a, A: Attach> Transaction<'a, A> {
             let fd = self.attach.attach().map_err(Refusal)?;
             self.server = Some(fd);
             self.server_fatal = false;
+            self.rewriter.attached();
         }
         Ok(())
     }

@@ -8,7 +8,7 @@ use super::tag::backend as tag;
 use super::ProtocolError;
 
 /// Field type bytes (protocol "Error and Notice Message Fields").
-mod field {
+pub mod field {
     /// Severity, possibly translated into the server's lc_messages language.
     pub const SEVERITY: u8 = b'S';
     /// Severity, never translated (PostgreSQL 9.6 and later).
@@ -17,6 +17,8 @@ mod field {
     pub const MESSAGE: u8 = b'M';
     pub const DETAIL: u8 = b'D';
     pub const HINT: u8 = b'H';
+    /// The server's source routine that raised the error.
+    pub const ROUTINE: u8 = b'R';
 }
 
 /// The fields of an ErrorResponse pgcorral produces or looks at. Fields it
@@ -143,28 +145,33 @@ fn put_field(out: &mut Vec<u8>, kind: u8, value: &str) {
     put_cstr(out, value);
 }
 
-/// Whether an ErrorResponse body reports FATAL or PANIC, i.e. the server is
-/// about to drop the connection. Prefers the untranslated V field and falls
-/// back to S for servers older than 9.6. Scans in place without allocating,
-/// since it runs on every error passing through. A body too damaged to tell
-/// counts as not fatal: the caller will find out from the socket anyway.
-pub fn is_fatal_or_panic(body: &[u8]) -> bool {
+/// The value of the first field of type `kind` in an ErrorResponse or
+/// NoticeResponse body, found in place without allocating: for the checks
+/// that run on every error passing through. `None` when there is no such
+/// field, or the body is damaged before it.
+pub fn field_value(body: &[u8], kind: u8) -> Option<&[u8]> {
     let mut r = BodyReader::new(body);
-    let mut localized = None;
-    while let Ok(kind) = r.read_u8() {
-        if kind == 0 {
-            break;
+    loop {
+        let k = r.read_u8().ok()?;
+        if k == 0 {
+            return None;
         }
-        let Ok(value) = r.read_cstr_bytes() else {
-            break;
-        };
-        match kind {
-            field::SEVERITY_RAW => return is_fatal_word(value),
-            field::SEVERITY => localized = Some(value),
-            _ => {}
+        let value = r.read_cstr_bytes().ok()?;
+        if k == kind {
+            return Some(value);
         }
     }
-    localized.is_some_and(is_fatal_word)
+}
+
+/// Whether an ErrorResponse body reports FATAL or PANIC, i.e. the server is
+/// about to drop the connection. Prefers the untranslated V field and falls
+/// back to S for servers older than 9.6. A body too damaged to tell counts
+/// as not fatal: the caller will find out from the socket anyway.
+pub fn is_fatal_or_panic(body: &[u8]) -> bool {
+    match field_value(body, field::SEVERITY_RAW) {
+        Some(severity) => is_fatal_word(severity),
+        None => field_value(body, field::SEVERITY).is_some_and(is_fatal_word),
+    }
 }
 
 fn is_fatal_word(severity: &[u8]) -> bool {
@@ -283,6 +290,20 @@ mod tests {
         assert!(!is_fatal_or_panic(b""));
         assert!(!is_fatal_or_panic(b"SERR"));
         assert!(is_fatal_or_panic(b"SFATAL\0Mtrunc"));
+    }
+
+    #[test]
+    fn field_values_are_found_in_place() {
+        let body = encoded_body(&ErrorResponse::error("42P01", "no table").with_hint("h"));
+        assert_eq!(field_value(&body, field::CODE), Some(&b"42P01"[..]));
+        assert_eq!(field_value(&body, field::HINT), Some(&b"h"[..]));
+        assert_eq!(field_value(&body, field::ROUTINE), None);
+        // The first of repeated fields; nothing past the terminator or a
+        // value cut short.
+        assert_eq!(field_value(b"Ca\0Cb\0\0", b'C'), Some(&b"a"[..]));
+        assert_eq!(field_value(b"Ca\0\0Rx\0\0", b'R'), None);
+        assert_eq!(field_value(b"Ca\0Rtrunc", b'R'), None);
+        assert_eq!(field_value(b"", b'C'), None);
     }
 
     #[test]

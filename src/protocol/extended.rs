@@ -38,6 +38,13 @@ impl<'a> Parse<'a> {
         Ok(Parse { name, text })
     }
 
+    /// The query text, without its NUL.
+    pub fn query(&self) -> &'a [u8] {
+        let end = self.text.iter().position(|&b| b == 0);
+        // `read` found the NUL; a view built by hand may lack it.
+        &self.text[..end.unwrap_or(self.text.len())]
+    }
+
     pub fn write(&self, out: &mut Vec<u8>) {
         write_message(out, frontend::PARSE, |b| {
             put_cstr_bytes(b, self.name);
@@ -188,7 +195,9 @@ mod tests {
             Parse { name: &name, text: &text }.write(&mut wire);
             let (tag, body) = body_of(&wire);
             prop_assert_eq!(tag, frontend::PARSE);
-            prop_assert_eq!(Parse::read(body).unwrap(), Parse { name: &name, text: &text });
+            let parse = Parse::read(body).unwrap();
+            prop_assert_eq!(parse, Parse { name: &name, text: &text });
+            prop_assert_eq!(parse.query(), &sql[..]);
         }
 
         #[test]

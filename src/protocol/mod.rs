@@ -12,6 +12,7 @@ pub mod framer;
 pub mod frontend;
 pub mod message;
 pub mod options;
+pub mod row_description;
 pub mod sqlstate;
 pub mod startup;
 pub mod tag;

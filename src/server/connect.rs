@@ -9,6 +9,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
+use zeroize::Zeroizing;
+
 use crate::auth::md5;
 use crate::auth::proof::AuthProof;
 use crate::auth::scram::{self, ScramClient, ScramError};
@@ -181,7 +183,8 @@ fn authenticate(
         }
         return Ok(None);
     }
-    let mut out = Vec::with_capacity(256);
+    // The answer carries a password, an md5 response or a SCRAM proof.
+    let mut out = Zeroizing::new(Vec::with_capacity(256));
     let proof = match login {
         Login::Trust => return Err(ServerError::AuthUnsupported(method_name(&request))),
         Login::Password(pw) => {
@@ -266,13 +269,14 @@ fn relay(
     }
     let answer = protocol::read_message(&mut FdIo(client), MAX_CLIENT_ANSWER)
         .map_err(ServerError::Client)?;
+    let body = Zeroizing::new(answer.body);
     if answer.tag != frontend_tag::PASSWORD {
         return Err(ServerError::Client(ProtocolError::Malformed {
             what: "authentication: expected a password message",
         }));
     }
-    protocol::write_message(out, answer.tag, |b| b.extend_from_slice(&answer.body));
-    let password = answer.body.strip_suffix(&[0]).unwrap_or(&answer.body);
+    protocol::write_message(out, answer.tag, |b| b.extend_from_slice(&body));
+    let password = body.strip_suffix(&[0]).unwrap_or(&body);
     Ok(Some(match request {
         AuthRequest::CleartextPassword => AuthProof::of_password(password),
         AuthRequest::Md5Password { salt } => {

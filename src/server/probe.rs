@@ -19,17 +19,19 @@ use std::io;
 use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-
+use crate::protocol::backend::parse_ready_for_query;
+use crate::protocol::framer::{FrameError, Header, HEADER_LEN};
 use crate::protocol::tag::backend;
+use crate::protocol::{ErrorResponse, ProtocolError};
 use crate::sys;
+use crate::sys::poll::{Events, Woke};
 
 /// The simple Query message `;`.
 const EMPTY_QUERY: [u8; 7] = [b'Q', 0, 0, 0, 6, b';', 0];
 
 /// Messages PostgreSQL may send on an idle connection or in answer to the
 /// probe are small; a bigger one means the stream is not where we think.
-const MAX_MESSAGE: usize = 64 * 1024;
+const MAX_MESSAGE: u32 = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -38,13 +40,18 @@ pub enum ProbeError {
     #[error("the server closed the connection")]
     Closed,
     #[error("the server reported an error: {0}")]
-    ServerError(String),
+    ServerError(ErrorResponse),
     #[error("unexpected message '{}' from the server", *.0 as char)]
     Unexpected(u8),
     #[error("the server is not idle after the probe (status '{}')", *.0 as char)]
     NotIdle(u8),
-    #[error("message of {0} bytes from the server")]
-    TooLong(usize),
+    /// A header no idle PostgreSQL connection sends (an impossible or
+    /// oversized length): the stream is out of step.
+    #[error("{0}")]
+    Frame(#[from] FrameError),
+    /// A message whose body does not parse.
+    #[error("{0}")]
+    Protocol(#[from] ProtocolError),
     #[error("{0}")]
     Io(#[from] io::Error),
 }
@@ -56,12 +63,11 @@ pub enum ProbeError {
 pub fn quiet(fd: BorrowedFd<'_>) -> bool {
     loop {
         // POLLIN covers end of stream; hang-up and errors are always reported.
-        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::ZERO) {
-            Ok(0) => return true,
-            // A non-zero count: some event (data, end of stream, error).
-            Ok(_) => return false,
-            Err(nix::errno::Errno::EINTR) => continue,
+        match sys::poll::wait_one(fd, Events::POLLIN, Some(Duration::ZERO), None) {
+            Ok(Woke::TimedOut) => return true,
+            // Some event (data, end of stream, error).
+            Ok(Woke::Ready(_)) => return false,
+            Ok(Woke::Interrupted) => continue,
             // A descriptor poll cannot even look at is no connection.
             Err(_) => return false,
         }
@@ -81,30 +87,29 @@ pub fn probe(fd: BorrowedFd<'_>, timeout: Duration) -> Result<(), ProbeError> {
     let mut saw_empty = false;
     loop {
         // Every complete message in the buffer.
-        while let Some((tag, body_len)) = header(&buf)? {
-            let total = 1 + 4 + body_len;
-            if buf.len() < total {
+        while let Some(header) = Header::peek(&buf, MAX_MESSAGE)? {
+            let total = header.frame_len();
+            let Some(body) = buf.get(HEADER_LEN..total) else {
                 break;
-            }
-            let body = &buf[5..total];
-            match tag {
+            };
+            match header.tag {
                 backend::EMPTY_QUERY_RESPONSE => saw_empty = true,
                 backend::READY_FOR_QUERY => {
-                    let status = body.first().copied().unwrap_or(0);
+                    let status = parse_ready_for_query(body)?;
                     if !saw_empty {
-                        return Err(ProbeError::Unexpected(tag));
+                        return Err(ProbeError::Unexpected(header.tag));
                     }
                     if status != b'I' {
                         return Err(ProbeError::NotIdle(status));
                     }
-                    if buf.len() > total {
+                    if let Some(&next) = buf.get(total) {
                         // Bytes after our ReadyForQuery were not asked for.
-                        return Err(ProbeError::Unexpected(buf[total]));
+                        return Err(ProbeError::Unexpected(next));
                     }
                     return Ok(());
                 }
                 backend::ERROR_RESPONSE => {
-                    return Err(ProbeError::ServerError(error_text(body)));
+                    return Err(ProbeError::ServerError(ErrorResponse::parse(body)?));
                 }
                 backend::NOTICE_RESPONSE
                 | backend::PARAMETER_STATUS
@@ -115,44 +120,6 @@ pub fn probe(fd: BorrowedFd<'_>, timeout: Duration) -> Result<(), ProbeError> {
         }
         recv_some(fd, &mut buf, deadline, timeout)?;
     }
-}
-
-/// Tag and body length of the message at the start of `buf`, once its
-/// header is complete.
-fn header(buf: &[u8]) -> Result<Option<(u8, usize)>, ProbeError> {
-    if buf.len() < 5 {
-        return Ok(None);
-    }
-    let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
-    let len = usize::try_from(len).unwrap_or(0);
-    if len < 4 {
-        return Err(ProbeError::Unexpected(buf[0]));
-    }
-    if len > MAX_MESSAGE {
-        return Err(ProbeError::TooLong(len));
-    }
-    Ok(Some((buf[0], len - 4)))
-}
-
-/// The message field of an ErrorResponse body, for the log.
-fn error_text(body: &[u8]) -> String {
-    let mut rest = body;
-    let mut code = String::new();
-    let mut message = String::new();
-    while let Some((&field, tail)) = rest.split_first() {
-        if field == 0 {
-            break;
-        }
-        let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
-        let value = String::from_utf8_lossy(&tail[..end]);
-        match field {
-            b'C' => code = value.into_owned(),
-            b'M' => message = value.into_owned(),
-            _ => {}
-        }
-        rest = tail.get(end + 1..).unwrap_or(&[]);
-    }
-    format!("{message} ({code})")
 }
 
 /// What is left of the probe's time, or its timeout error.
@@ -191,7 +158,7 @@ fn recv_some(
     let mut chunk = [0u8; 4096];
     // Called when the bytes there are not enough: waiting first spares a
     // read that would find nothing new.
-    sys::io::wait_within(fd, sys::poll::Events::POLLIN, left(deadline, timeout)?)
+    sys::io::wait_within(fd, Events::POLLIN, left(deadline, timeout)?)
         .map_err(|e| io_error(e, timeout))?;
     match sys::io::recv_within(fd, &mut chunk, left(deadline, timeout)?) {
         Ok(0) => Err(ProbeError::Closed),
@@ -210,6 +177,10 @@ mod tests {
     use std::os::fd::AsFd;
     use std::os::unix::net::UnixStream;
 
+    /// A deadline no answer that is on its way can miss, however slow the
+    /// machine: cases that get an answer never wait for it to pass.
+    const GENEROUS: Duration = Duration::from_secs(60);
+
     fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
         let mut m = vec![tag];
         m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
@@ -217,22 +188,42 @@ mod tests {
         m
     }
 
-    /// Runs the probe against a fake server that answers `reply` after
-    /// reading the query (or `early` before).
-    fn run(early: &[u8], reply: Vec<u8>, close: bool) -> Result<(), ProbeError> {
-        let (ours, mut server) = UnixStream::pair().unwrap();
-        server.write_all(early).unwrap();
+    /// What the fake server does once it has read the probe's query.
+    enum Server {
+        Answer(Vec<u8>),
+        Close,
+        /// Never answers: the only case that waits for the deadline, which
+        /// is then short.
+        Silent,
+    }
+
+    /// Runs the probe against a fake server that has sent `early` before
+    /// the query and then does what `server` says, keeping its end open
+    /// until the probe is done.
+    fn run(early: &[u8], server: Server) -> Result<(), ProbeError> {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        theirs.write_all(early).unwrap();
+        let timeout = match server {
+            Server::Silent => Duration::from_millis(20),
+            _ => GENEROUS,
+        };
         let t = std::thread::spawn(move || {
             let mut q = [0u8; 7];
-            if server.read_exact(&mut q).is_ok() {
-                assert_eq!(q, EMPTY_QUERY);
-                server.write_all(&reply).unwrap();
+            if theirs.read_exact(&mut q).is_err() {
+                return;
             }
-            if !close {
-                std::thread::sleep(Duration::from_millis(300));
+            assert_eq!(q, EMPTY_QUERY);
+            match server {
+                // The probe may have given up halfway through a long reply.
+                Server::Answer(reply) => drop(theirs.write_all(&reply)),
+                Server::Close => return,
+                Server::Silent => {}
             }
+            // Returns once the probe's end is closed.
+            let _ = theirs.read(&mut [0u8; 1]);
         });
-        let r = probe(ours.as_fd(), Duration::from_millis(200));
+        let r = probe(ours.as_fd(), timeout);
+        drop(ours);
         t.join().unwrap();
         r
     }
@@ -240,44 +231,103 @@ mod tests {
     #[test]
     fn idle_connection_passes() {
         let mut reply = msg(b'N', b"SNOTICE\0Mhi\0\0");
+        reply.extend(msg(b'S', b"TimeZone\0UTC\0"));
         reply.extend(msg(b'I', b""));
         reply.extend(msg(b'Z', b"I"));
-        run(&[], reply, false).unwrap();
+        run(&[], Server::Answer(reply)).unwrap();
+    }
+
+    /// The answer arrives a byte at a time: the probe waits for whole
+    /// messages wherever they are cut.
+    #[test]
+    fn an_answer_cut_anywhere_passes() {
+        let mut reply = msg(b'I', b"");
+        reply.extend(msg(b'Z', b"I"));
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || {
+            let mut q = [0u8; 7];
+            theirs.read_exact(&mut q).unwrap();
+            for b in reply {
+                theirs.write_all(&[b]).unwrap();
+            }
+            let _ = theirs.read(&mut [0u8; 1]);
+        });
+        let r = probe(ours.as_fd(), GENEROUS);
+        drop(ours);
+        t.join().unwrap();
+        r.unwrap();
     }
 
     #[test]
     fn terminated_backend_fails() {
         let fatal = msg(b'E', b"SFATAL\0C57P01\0Mterminating connection\0\0");
-        let err = run(&fatal, Vec::new(), true).unwrap_err();
+        let err = run(&fatal, Server::Close).unwrap_err();
         assert!(
-            matches!(err, ProbeError::ServerError(ref m) if m.contains("57P01")),
+            matches!(err, ProbeError::ServerError(ref e) if e.code == "57P01"),
             "{err}"
         );
+        assert!(err.to_string().contains("terminating connection"), "{err}");
     }
 
     #[test]
-    fn silence_and_close_and_transactions_fail() {
+    fn silence_fails_at_the_deadline() {
         assert!(matches!(
-            run(&[], Vec::new(), false),
+            run(&[], Server::Silent),
             Err(ProbeError::Timeout(_))
         ));
-        assert!(matches!(
-            run(&[], Vec::new(), true),
-            Err(ProbeError::Closed) | Err(ProbeError::Timeout(_))
-        ));
+    }
+
+    #[test]
+    fn close_and_transactions_and_strays_fail() {
+        assert!(matches!(run(&[], Server::Close), Err(ProbeError::Closed)));
         let mut reply = msg(b'I', b"");
         reply.extend(msg(b'Z', b"T"));
         assert!(matches!(
-            run(&[], reply, false),
+            run(&[], Server::Answer(reply)),
             Err(ProbeError::NotIdle(b'T'))
         ));
         assert!(matches!(
-            run(&[], msg(b'D', b"xx"), false),
+            run(&[], Server::Answer(msg(b'D', b"xx"))),
             Err(ProbeError::Unexpected(b'D'))
         ));
+        assert!(matches!(
+            run(&[], Server::Answer(msg(b'Z', b"I"))),
+            Err(ProbeError::Unexpected(b'Z'))
+        ));
+        let mut extra = msg(b'I', b"");
+        extra.extend(msg(b'Z', b"I"));
+        extra.extend(msg(b'N', b"SNOTICE\0Mlate\0\0"));
+        assert!(matches!(
+            run(&[], Server::Answer(extra)),
+            Err(ProbeError::Unexpected(b'N'))
+        ));
+    }
+
+    /// Lengths are checked by the one framing layer before anything is
+    /// sized from them, and bodies are read by the protocol's parsers.
+    #[test]
+    fn impossible_messages_fail() {
         let mut huge = vec![b'N'];
         huge.extend_from_slice(&(1i32 << 30).to_be_bytes());
-        assert!(matches!(run(&[], huge, false), Err(ProbeError::TooLong(_))));
+        assert!(matches!(
+            run(&[], Server::Answer(huge)),
+            Err(ProbeError::Frame(FrameError::TooLong { tag: b'N', .. }))
+        ));
+        let short = vec![b'N', 0, 0, 0, 3];
+        assert!(matches!(
+            run(&[], Server::Answer(short)),
+            Err(ProbeError::Frame(FrameError::BadLength { tag: b'N', .. }))
+        ));
+        let mut no_status = msg(b'I', b"");
+        no_status.extend(msg(b'Z', b""));
+        assert!(matches!(
+            run(&[], Server::Answer(no_status)),
+            Err(ProbeError::Protocol(_))
+        ));
+        assert!(matches!(
+            run(&[], Server::Answer(msg(b'E', b"SFATAL\0"))),
+            Err(ProbeError::Protocol(_))
+        ));
     }
 
     #[test]

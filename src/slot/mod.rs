@@ -85,6 +85,10 @@ pub enum SlotState {
     Validation = 8,
     /// Its connection is to be closed by the supervisor, which then frees the slot.
     Remove = 9,
+    /// Given back clean and handed to the waiting worker whose pid is the
+    /// owner, which takes it (→ IN_USE) when it wakes; the supervisor
+    /// hands it on if that worker died first.
+    Handed = 10,
 }
 
 impl SlotState {
@@ -101,6 +105,7 @@ impl SlotState {
             7 => MaxConnectionAge,
             8 => Validation,
             9 => Remove,
+            10 => Handed,
             _ => return None,
         })
     }
@@ -118,6 +123,7 @@ impl SlotState {
             MaxConnectionAge => "MAX_CONNECTION_AGE",
             Validation => "VALIDATION",
             Remove => "REMOVE",
+            Handed => "HANDED",
         }
     }
 }

@@ -34,6 +34,7 @@ use crate::pooled_sockets::{self, PooledSockets};
 use crate::random::{self, RandomError};
 use crate::segment::{Segment, SegmentError};
 use crate::worker::{Context, Peer};
+use fds::Accepted;
 
 const SIGNALS: Token = Token(0);
 const MANAGEMENT: Token = Token(1);
@@ -231,6 +232,9 @@ impl Supervisor {
                 self.upkeep();
                 self.watch_idle();
                 self.admin_tick();
+                if self.reserve.retry_due() {
+                    self.accept_everywhere();
+                }
                 last_sweep = Instant::now();
             }
             if self.mode == Mode::Graceful && self.workers.is_empty() {
@@ -300,22 +304,48 @@ impl Supervisor {
             let Some(listener) = &self.remote else {
                 return;
             };
-            match listener.accept() {
-                Ok((stream, addr)) => {
-                    let peer = addr.to_string();
-                    match spawn::spawn_admin(&self.context(), stream.into(), &peer) {
-                        Ok(pid) => {
-                            self.workers.insert(pid);
-                        }
-                        Err(e) => log::error!("{peer}: cannot fork a management helper: {e}"),
-                    }
+            let (stream, addr) = match self
+                .reserve
+                .accept("remote management", || listener.accept())
+            {
+                Accepted::Serve(c) => c,
+                Accepted::Refuse((stream, _)) => {
+                    fds::refuse(
+                        stream.into(),
+                        fds::TOO_MANY,
+                        "sorry, too many clients already",
+                    );
+                    continue;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    log::warn!("remote management accept: {e}");
-                    return;
-                }
+                Accepted::Done => return,
+            };
+            let peer = addr.to_string();
+            if let Err(why) = fds::admit(&self.config.main, self.workers.len()) {
+                log::warn!("remote management from {peer}: refused, {why}");
+                fds::refuse(
+                    stream.into(),
+                    fds::TOO_MANY,
+                    "sorry, too many clients already",
+                );
+                continue;
             }
+            match spawn::spawn_admin(&self.context(), stream.into(), &peer) {
+                Ok(pid) => {
+                    self.workers.insert(pid);
+                }
+                Err(e) => log::error!("{peer}: cannot fork a management helper: {e}"),
+            }
+        }
+    }
+
+    /// Accepts on every listener again: after a shortage, connections may
+    /// be waiting in a backlog for which no readiness will come.
+    fn accept_everywhere(&mut self) {
+        self.accept_management();
+        self.accept_remote();
+        self.accept_unix();
+        for i in 0..self.tcp.len() {
+            self.accept_tcp(i);
         }
     }
 
@@ -361,9 +391,8 @@ impl Supervisor {
 
     fn spawn(&mut self, client: OwnedFd, peer: Peer) {
         self.reserve.accepted();
-        let cap = self.config.main.max_clients;
-        if self.workers.len() >= cap {
-            log::warn!("{peer}: refused, max_clients ({cap}) reached");
+        if let Err(why) = fds::admit(&self.config.main, self.workers.len()) {
+            log::warn!("{peer}: refused, {why}");
             fds::refuse(client, fds::TOO_MANY, "sorry, too many clients already");
             return;
         }

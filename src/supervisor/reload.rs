@@ -100,7 +100,7 @@ impl Supervisor {
                 if rec.max_size() != max {
                     rec.set_max_size(max);
                     // Waiting clients may fit now.
-                    self.segment.notify();
+                    self.segment.wake_all();
                 }
             }
         }

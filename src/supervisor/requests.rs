@@ -7,22 +7,27 @@ use std::os::fd::AsFd;
 
 use mio::{Interest, Token};
 
+use super::fds::Accepted;
 use super::{Supervisor, CONNECTION_FIRST};
 use crate::management::command::CommandRequest;
 use crate::management::message::{self, Id};
-use crate::management::server::{Connection, ReadState, Request};
+use crate::management::server::{self, Connection, ReadState, Request};
 use crate::slot::SlotState;
 
 impl Supervisor {
     pub(super) fn accept_management(&mut self) {
         loop {
-            let stream = match self.management.accept() {
-                Ok((s, _)) => s,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    log::warn!("management accept: {e}");
-                    return;
+            let listener = &self.management;
+            let stream = match self
+                .reserve
+                .accept("management socket", || listener.accept().map(|(s, _)| s))
+            {
+                Accepted::Serve(s) => s,
+                Accepted::Refuse(s) => {
+                    server::refuse(s.as_fd());
+                    continue;
                 }
+                Accepted::Done => return,
             };
             let mut conn = match Connection::new(stream) {
                 Ok(c) => c,

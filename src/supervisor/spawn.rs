@@ -92,9 +92,14 @@ pub fn ranges_to_close(keep: [RawFd; 2], pool_lo: RawFd, pool_hi: RawFd) -> Vec<
 }
 
 /// Forks a helper that serves one remote administrator (see
-/// `management::remote`); the parent gets its pid.
+/// `management::remote`); the parent gets its pid. When the fork fails the
+/// administrator is answered `53300`, as a client would be.
 pub fn spawn_admin(ctx: &Context<'_>, client: OwnedFd, peer: &str) -> std::io::Result<i32> {
-    sys::process::fork_child(move || {
+    let slot = Cell::new(Some(client));
+    let forked = sys::process::fork_child(|| {
+        let Some(client) = slot.take() else {
+            return 2;
+        };
         crate::logging::before_closing_inherited();
         close_inherited(
             client.as_raw_fd(),
@@ -118,7 +123,17 @@ pub fn spawn_admin(ctx: &Context<'_>, client: OwnedFd, peer: &str) -> std::io::R
             )
         }))
         .unwrap_or(2)
-    })
+    });
+    if forked.is_err() {
+        if let Some(client) = slot.take() {
+            fds::refuse(
+                client,
+                fds::TOO_MANY,
+                "sorry, too many clients already (cannot start a process for it)",
+            );
+        }
+    }
+    forked
 }
 
 #[cfg(test)]

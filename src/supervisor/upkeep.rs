@@ -154,7 +154,8 @@ impl Supervisor {
 
     /// Brings slots and sockets into agreement: closes connections of
     /// REMOVE slots, drops sockets of slots that no longer have one, and
-    /// reclaims slots of owners that are gone (a missed SIGCHLD).
+    /// reclaims slots and places in line of owners that are gone (a missed
+    /// SIGCHLD).
     pub(super) fn sweep(&mut self) {
         let mut dead_owners = Vec::new();
         for (i, slot) in self.segment.slots().iter().enumerate() {
@@ -169,16 +170,16 @@ impl Supervisor {
                     // replacement never came: it is idle, so end it politely.
                     self.sockets.close(i, true);
                 }
-                SlotState::InUse | SlotState::Init | SlotState::Validation
-                    if owner != NO_OWNER
-                        && !self.workers.contains(&owner)
-                        && self.upkeep.helper(owner).is_none() =>
+                SlotState::InUse | SlotState::Init | SlotState::Validation | SlotState::Handed
+                    if self.may_be_dead(owner) =>
                 {
                     dead_owners.push(owner)
                 }
                 _ => {}
             }
         }
+        let waiting = self.segment.line().owners();
+        dead_owners.extend(waiting.into_iter().filter(|pid| self.may_be_dead(*pid)));
         dead_owners.sort_unstable();
         dead_owners.dedup();
         for pid in dead_owners {
@@ -187,6 +188,12 @@ impl Supervisor {
                 self.forget_worker(pid);
             }
         }
+    }
+
+    /// Whether `pid`, found owning a slot or a place in line, is none of
+    /// our live children.
+    fn may_be_dead(&self, pid: i32) -> bool {
+        pid != NO_OWNER && !self.workers.contains(&pid) && self.upkeep.helper(pid).is_none()
     }
 
     pub(super) fn start_graceful(&mut self) {

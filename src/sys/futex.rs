@@ -34,13 +34,23 @@ pub fn wait(word: &AtomicU32, expected: u32, timeout: Duration) {
 
 /// Wakes every process sleeping in `wait` on `word`.
 pub fn wake(word: &AtomicU32) {
+    wake_up_to(word, i32::MAX);
+}
+
+/// Wakes at most one process sleeping in `wait` on `word`: for a word only
+/// one process sleeps on, it saves the kernel looking for others.
+pub fn wake_one(word: &AtomicU32) {
+    wake_up_to(word, 1);
+}
+
+fn wake_up_to(word: &AtomicU32, count: i32) {
     // SAFETY: as in `wait`; FUTEX_WAKE only uses the address as a key.
     unsafe {
         libc::syscall(
             libc::SYS_futex,
             word.as_ptr(),
             libc::FUTEX_WAKE,
-            i32::MAX,
+            count,
             std::ptr::null::<libc::timespec>(),
             std::ptr::null::<u32>(),
             0u32,

@@ -11,6 +11,7 @@ use super::attach::{self, Sockets};
 use super::{Context, WorkerError};
 use crate::auth::client as client_auth;
 use crate::auth::proof::AuthProof;
+use crate::management::ManagementError;
 use crate::pipeline::params::Desired;
 use crate::pool::{self, Acquired, Verdict, Want};
 use crate::protocol::StartupMessage;
@@ -110,6 +111,12 @@ fn take_pooled(
     }
     let fd = match sockets.pooled(ctx, index) {
         Ok(fd) => fd,
+        // The supervisor had no descriptor to answer with: the connection
+        // is fine and stays pooled; this client is turned away.
+        Err(e @ WorkerError::Management(ManagementError::OutOfDescriptors)) => {
+            pool::check_in(ctx.segment, index, me, Verdict::Clean);
+            return Err(e);
+        }
         Err(e) => {
             // Without its socket the connection is of no use to anyone.
             log::warn!("slot {index}: {e}; closing it");

@@ -124,6 +124,13 @@ impl WorkerError {
                 e
             }
             WorkerError::ParameterSync(_) => fatal(sqlstate::CONNECTION_FAILURE, self.to_string()),
+            // The supervisor had no descriptor for the request: as for a
+            // client it turns away at the door.
+            WorkerError::Management(ManagementError::OutOfDescriptors)
+            | WorkerError::Fill(FillError::Management(ManagementError::OutOfDescriptors)) => fatal(
+                sqlstate::TOO_MANY_CONNECTIONS,
+                "sorry, too many clients already (pgcorral is out of descriptors)",
+            ),
             WorkerError::Management(_) | WorkerError::Fill(_) | WorkerError::Random(_) => {
                 fatal(sqlstate::INTERNAL_ERROR, self.to_string())
             }
@@ -311,6 +318,10 @@ mod tests {
         assert_eq!(
             code(WorkerError::StartupTimeout(Duration::from_secs(1))),
             None
+        );
+        assert_eq!(
+            code(ManagementError::OutOfDescriptors.into()).as_deref(),
+            Some(sqlstate::TOO_MANY_CONNECTIONS)
         );
     }
 }

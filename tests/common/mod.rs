@@ -87,6 +87,34 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A TCP port on 127.0.0.1 held for the caller until the returned socket
+/// is dropped. The socket is bound with SO_REUSEADDR but never listens:
+/// while it is open the kernel hands the port to no other `bind` to port 0
+/// (so no parallel test can draw it), yet a server that binds it with
+/// SO_REUSEADDR, as pgcorral's listeners do, and listens on it gets it.
+/// Unlike [`free_port`], nothing can take the port between the choice and
+/// the server's bind.
+pub fn reserved_port() -> (std::os::fd::OwnedFd, u16) {
+    use nix::sys::socket::{
+        bind, getsockname, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType,
+        SockaddrIn,
+    };
+    use std::os::fd::AsRawFd;
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("a TCP socket");
+    setsockopt(&fd, sockopt::ReuseAddr, &true).expect("SO_REUSEADDR");
+    bind(fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, 0)).expect("bind 127.0.0.1:0");
+    let port = getsockname::<SockaddrIn>(fd.as_raw_fd())
+        .expect("the reserved address")
+        .port();
+    (fd, port)
+}
+
 /// Runs a command to completion, killing it after `timeout`; stdout and
 /// stderr are collected on threads so a chatty child cannot block on a pipe.
 pub fn output_within(cmd: &mut Command, timeout: Duration) -> io::Result<Output> {
@@ -687,6 +715,17 @@ impl Pgcorral {
     /// it to a port file once its listeners are up; this returns then, so
     /// parallel tests never compete for a port.
     pub fn start(pg: &Postgres, extra: &str) -> Pgcorral {
+        Pgcorral::start_with(pg, extra, |_| Command::new(pgcorral_bin()))
+    }
+
+    /// As [`Pgcorral::start`], with the command `launch` makes (another
+    /// user, other limits) given the directory that will hold the
+    /// configuration, the log and the sockets; the arguments are added here.
+    pub fn start_with(
+        pg: &Postgres,
+        extra: &str,
+        launch: impl FnOnce(&Path) -> Command,
+    ) -> Pgcorral {
         let tmp = tempfile::Builder::new()
             .prefix("pgcorral.")
             .tempdir()
@@ -698,18 +737,16 @@ impl Pgcorral {
 
         fs::write(&config_path, render_config(pg, 0, &dir, extra)).expect("write pgcorral.toml");
         let log = File::create(&log_path).expect("create pgcorral.log");
-        let mut proc = GroupChild::spawn(
-            Command::new(pgcorral_bin())
-                .arg("-c")
-                .arg(&config_path)
-                .arg("--port-file")
-                .arg(&port_file)
-                .env("RUST_BACKTRACE", "1")
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("dup the log file"))
-                .stderr(log),
-        )
-        .expect("spawn pgcorral");
+        let mut cmd = launch(&dir);
+        cmd.arg("-c")
+            .arg(&config_path)
+            .arg("--port-file")
+            .arg(&port_file)
+            .env("RUST_BACKTRACE", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup the log file"))
+            .stderr(log);
+        let mut proc = GroupChild::spawn(&mut cmd).expect("spawn pgcorral");
 
         // The file is renamed into place whole, after the listeners are
         // bound: once it can be read, connections are accepted.

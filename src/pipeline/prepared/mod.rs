@@ -33,8 +33,12 @@
 //!   client prepared with Parse is answered here, and `DEALLOCATE ALL` /
 //!   `DISCARD ALL` forget every name, but only when sent alone as a simple
 //!   query (no comments, no other statement in the same query string);
-//! * the unnamed statement is not carried: a Bind to it must follow its
-//!   Parse within one transaction, as with any transaction pooler.
+//! * the unnamed statement is carried (`unnamed`): the client's last
+//!   unnamed Parse is sent again before a Bind or Describe of it on a
+//!   connection where the client has not parsed it, so it outlives the
+//!   transaction as on a direct connection, and another client's unnamed
+//!   statement is never used; if that Parse fails there, the client sees
+//!   its error where PostgreSQL would have bound the old statement.
 //!
 //! If the bookkeeping meets what it cannot explain it says so instead of
 //! guessing: a malformed client message, a server answer no request
@@ -49,6 +53,7 @@ mod rewriter;
 mod sql;
 #[cfg(test)]
 mod tests;
+mod unnamed;
 
 pub use registry::{server_name, server_name_hash, statement_hash, ClientStatements, Statement};
 pub use rewriter::{Rewriter, Route};

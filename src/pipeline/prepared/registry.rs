@@ -7,6 +7,7 @@ use std::rc::{Rc, Weak};
 
 use super::{PreparedError, SERVER_NAME_PREFIX};
 use crate::protocol::extended::Parse;
+use crate::protocol::row_description::RowDescription;
 
 /// One distinct statement, shared by every client name that maps to it.
 #[derive(Debug)]
@@ -80,17 +81,14 @@ pub fn result_shape(key: [u64; 2], row_description: Option<&[u8]>) -> Option<u64
     let Some(body) = row_description else {
         return Some(statement_hash(key, b"no data"));
     };
-    let (count, mut rest) = body.split_first_chunk::<2>()?;
-    let mut shape = count.to_vec();
-    for _ in 0..u16::from_be_bytes(*count) {
-        let nul = rest.iter().position(|&b| b == 0)?;
-        shape.extend_from_slice(&rest[..=nul]);
-        // Table OID (4) and column number (2), then type OID (4), type
-        // length (2), type modifier (4) and format (2).
-        let field = rest.get(nul + 1..nul + 19)?;
-        shape.extend_from_slice(&field[6..10]);
-        shape.extend_from_slice(&field[12..16]);
-        rest = &rest[nul + 19..];
+    let description = RowDescription::read(body).ok()?;
+    let mut shape = Vec::with_capacity(body.len());
+    shape.extend_from_slice(&(description.len() as u16).to_be_bytes());
+    for field in description.fields() {
+        shape.extend_from_slice(field.name);
+        shape.push(0);
+        shape.extend_from_slice(&field.type_oid.to_be_bytes());
+        shape.extend_from_slice(&field.type_modifier.to_be_bytes());
     }
     Some(statement_hash(key, &shape))
 }

@@ -6,6 +6,7 @@ use std::rc::Rc;
 
 use super::registry::{result_shape, ClientStatements, Named, Statement};
 use super::sql::{classify, Sql};
+use super::unnamed::{Before, Unnamed};
 use super::{
     PreparedError, ServerStatements, DUPLICATE_PREPARED_STATEMENT, MAX_DEFERRED_CLOSES,
     MAX_OUTSTANDING, UNDEFINED_PREPARED_STATEMENT,
@@ -46,6 +47,9 @@ enum Note {
     },
     /// Every client name, dropped by DEALLOCATE ALL or DISCARD ALL.
     ForgotAll(HashMap<Box<[u8]>, Named>),
+    /// A Parse of the unnamed statement: the client's own, or its kept
+    /// copy sent again before a Bind or Describe (`injected`).
+    UnnamedParse { injected: bool },
 }
 
 /// Whether the Close sent before a Parse stood in for a close that was
@@ -70,6 +74,7 @@ fn settle(
     names: &mut ClientStatements,
     server: &mut dyn ServerStatements,
     retired: &mut Vec<String>,
+    unnamed: &mut Unnamed,
     note: Note,
     fate: Fate,
 ) {
@@ -126,6 +131,9 @@ fn settle(
                 names.restore(name, named.statement);
             }
         }
+        // Failed, the server has no unnamed statement; skipped, it has
+        // whatever it had: either way not this one.
+        Note::UnnamedParse { injected } => unnamed.not_parsed(injected),
     }
 }
 
@@ -166,6 +174,7 @@ pub struct Rewriter {
     /// (`max_prepared_statements = 0`): every client message is streamed,
     /// and only the answers owed are tracked, from tags alone.
     pass_through: bool,
+    unnamed: Unnamed,
 }
 
 impl Rewriter {
@@ -181,6 +190,7 @@ impl Rewriter {
             deferred_closes: Vec::new(),
             retired: Vec::new(),
             pass_through: false,
+            unnamed: Unnamed::default(),
         }
     }
 
@@ -230,11 +240,18 @@ impl Rewriter {
     /// The server connection is gone (or thrown away) mid-conversation:
     /// forget what it owed. The client's names are kept.
     pub fn connection_lost(&mut self) {
+        self.unnamed.attached();
         self.responses.clear();
         self.skipping = false;
         self.extended_open = false;
         self.deferred_closes.clear();
         self.retired.clear();
+    }
+
+    /// A connection was attached for the client's next request: whatever
+    /// unnamed statement it has is not the client's.
+    pub fn attached(&mut self) {
+        self.unnamed.attached();
     }
 
     /// How to handle a client message with this tag, known from its header.
@@ -382,11 +399,11 @@ impl Rewriter {
         if tag == backend::ROW_DESCRIPTION || tag == backend::NO_DATA {
             self.note_description(tag, body);
         }
-        let (names, retired) = (&mut self.names, &mut self.retired);
+        let (names, retired, unnamed) = (&mut self.names, &mut self.retired, &mut self.unnamed);
         let skipping = self
             .responses
             .server_message(tag, body, to_client, &mut |note, fate| {
-                settle(names, server, retired, note, fate)
+                settle(names, server, retired, unnamed, note, fate)
             })?;
         if skipping == Skipping::UntilSync {
             self.skipping = true;
@@ -443,10 +460,10 @@ impl Rewriter {
         server: &mut dyn ServerStatements,
         to_client: &mut Vec<u8>,
     ) {
-        let (names, retired) = (&mut self.names, &mut self.retired);
+        let (names, retired, unnamed) = (&mut self.names, &mut self.retired, &mut self.unnamed);
         self.responses
             .synthetic(answer, note, to_client, &mut |note, fate| {
-                settle(names, server, retired, note, fate)
+                settle(names, server, retired, unnamed, note, fate)
             });
     }
 
@@ -572,6 +589,32 @@ impl Rewriter {
         }
     }
 
+    /// Makes sure the connection has the client's unnamed statement before
+    /// a Bind or Describe of it; `false` after refusing the request, as
+    /// PostgreSQL does when there is none.
+    fn ensure_unnamed(
+        &mut self,
+        server: &mut dyn ServerStatements,
+        to_server: &mut Vec<u8>,
+        to_client: &mut Vec<u8>,
+    ) -> bool {
+        match self.unnamed.before_use() {
+            Before::Nothing => true,
+            Before::Parse(body) => {
+                put(to_server, frontend::PARSE, body);
+                let note = Note::UnnamedParse { injected: true };
+                self.responses
+                    .sent(Request::Parse, Show::HideAnswer, Some(note));
+                true
+            }
+            Before::Refuse => {
+                let message = "unnamed prepared statement does not exist".to_owned();
+                self.refuse(UNDEFINED_PREPARED_STATEMENT, message, server, to_client);
+                false
+            }
+        }
+    }
+
     fn parse(
         &mut self,
         body: &[u8],
@@ -581,7 +624,9 @@ impl Rewriter {
     ) -> Result<(), PreparedError> {
         let Parse { name, text } = Parse::read(body)?;
         if name.is_empty() {
-            self.responses.sent(Request::Parse, Show::Pass, None);
+            self.unnamed.parsed(body);
+            let note = Note::UnnamedParse { injected: false };
+            self.responses.sent(Request::Parse, Show::Pass, Some(note));
             put(to_server, frontend::PARSE, body);
             return Ok(());
         }
@@ -623,8 +668,10 @@ impl Rewriter {
         let bind = Bind::read(body)?;
         let name = bind.statement;
         if name.is_empty() {
-            self.responses.sent(Request::Bind, Show::Pass, None);
-            put(to_server, frontend::BIND, body);
+            if self.ensure_unnamed(server, to_server, to_client) {
+                self.responses.sent(Request::Bind, Show::Pass, None);
+                put(to_server, frontend::BIND, body);
+            }
             return Ok(());
         }
         let Some(statement) = self.usable(name, server, to_client) else {
@@ -659,9 +706,11 @@ impl Rewriter {
             return Ok(());
         }
         if name.is_empty() {
-            self.responses
-                .sent(Request::DescribeStatement, Show::Pass, None);
-            put(to_server, frontend::DESCRIBE, body);
+            if self.ensure_unnamed(server, to_server, to_client) {
+                self.responses
+                    .sent(Request::DescribeStatement, Show::Pass, None);
+                put(to_server, frontend::DESCRIBE, body);
+            }
             return Ok(());
         }
         let Some(statement) = self.usable(name, server, to_client) else {
@@ -687,6 +736,9 @@ impl Rewriter {
     ) -> Result<(), PreparedError> {
         let Target { kind, name } = Target::read(frontend::CLOSE, body)?;
         if kind == TargetKind::Portal || name.is_empty() {
+            if kind == TargetKind::Statement {
+                self.unnamed.dropped();
+            }
             self.responses.sent(Request::Close, Show::Pass, None);
             put(to_server, frontend::CLOSE, body);
             return Ok(());
@@ -716,7 +768,10 @@ impl Rewriter {
         to_server: &mut Vec<u8>,
         to_client: &mut Vec<u8>,
     ) -> Result<(), PreparedError> {
-        match classify(Query::read(body)?.sql) {
+        let sql = Query::read(body)?.sql;
+        // Any simple query drops the unnamed statement on the server.
+        self.unnamed.dropped();
+        match classify(sql) {
             Sql::ForgetAll => {
                 // The server drops every statement of the session, ours
                 // included, and with them any close still pending.

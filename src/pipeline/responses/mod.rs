@@ -14,6 +14,7 @@
 
 use std::collections::VecDeque;
 
+use crate::protocol::error_response::{field, field_value};
 use crate::protocol::sqlstate;
 use crate::protocol::tag::{backend, transaction_status};
 use crate::protocol::{ready_for_query, write_message, ErrorResponse};
@@ -535,7 +536,7 @@ fn code_bytes(code: &str) -> [u8; 5] {
 /// The SQLSTATE of an ErrorResponse body, scanned in place (this runs on
 /// every error passing through); all zeros when there is none.
 pub fn sqlstate_of(body: &[u8]) -> [u8; 5] {
-    match error_field(body, b'C') {
+    match field_value(body, field::CODE) {
         Some(value) if value.len() == 5 => {
             let mut c = [0u8; 5];
             c.copy_from_slice(value);
@@ -558,34 +559,18 @@ pub fn sqlstate_of(body: &[u8]) -> [u8; 5] {
 /// where a server reports no routine. PostgreSQL 9.2 renamed the routine,
 /// and pgjdbc, which re-prepares on this error, checks both names too.
 pub fn plan_is_stale(body: &[u8]) -> bool {
-    if error_field(body, b'C') != Some(sqlstate::FEATURE_NOT_SUPPORTED.as_bytes()) {
+    if field_value(body, field::CODE) != Some(sqlstate::FEATURE_NOT_SUPPORTED.as_bytes()) {
         return false;
     }
-    match error_field(body, b'R') {
+    match field_value(body, field::ROUTINE) {
         Some(routine) => routine == b"RevalidateCachedQuery" || routine == b"RevalidateCachedPlan",
-        None => error_field(body, b'M') == Some(STALE_PLAN_MESSAGE.as_bytes()),
+        None => field_value(body, field::MESSAGE) == Some(STALE_PLAN_MESSAGE.as_bytes()),
     }
 }
 
 /// PostgreSQL's message for a statement whose result changed since it was
 /// prepared (see [`plan_is_stale`]), with SQLSTATE 0A000.
 pub const STALE_PLAN_MESSAGE: &str = "cached plan must not change result type";
-
-/// The value of one field of an ErrorResponse (or NoticeResponse) body.
-fn error_field(body: &[u8], wanted: u8) -> Option<&[u8]> {
-    let mut rest = body;
-    while let Some((&kind, tail)) = rest.split_first() {
-        if kind == 0 {
-            break;
-        }
-        let nul = tail.iter().position(|&b| b == 0)?;
-        if kind == wanted {
-            return Some(&tail[..nul]);
-        }
-        rest = &tail[nul + 1..];
-    }
-    None
-}
 
 #[cfg(test)]
 mod tests;

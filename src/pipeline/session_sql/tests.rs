@@ -218,6 +218,14 @@ fn query_and_parse_bodies() {
     assert_eq!(query_text(b"LISTEN x\0"), b"LISTEN x");
     assert_eq!(parse_query(b"s1\0LISTEN x\0\0\0"), Some(&b"LISTEN x"[..]));
     assert_eq!(parse_query(b"s1"), None);
+    assert_eq!(query_text(b"LISTEN x"), b"LISTEN x", "no NUL: all of it");
+    // The protocol's reader checks the whole Parse: a type count that the
+    // OIDs do not fill is no statement the server would run.
+    assert_eq!(parse_query(b"s1\0LISTEN x\0\0\x01"), None);
+    assert_eq!(
+        parse_query(b"s1\0LISTEN x\0\0\x01\0\0\0\x17"),
+        Some(&b"LISTEN x"[..])
+    );
 }
 
 const KEYWORDS: &[&str] = &[

@@ -392,6 +392,7 @@ fn describe_of_statements_and_portals() {
         &[
             describe(b'S', "s1"),
             describe(b'P', ""),
+            parse("", "select 2", &[]),
             describe(b'S', ""),
             sync(),
         ],
@@ -403,6 +404,7 @@ fn describe_of_statements_and_portals() {
             parse(&q, "select 1", &[]),
             describe(b'S', &q),
             describe(b'P', ""),
+            parse("", "select 2", &[]),
             describe(b'S', ""),
             sync()
         ])
@@ -415,6 +417,7 @@ fn describe_of_statements_and_portals() {
             parameters(),
             row_description(),
             no_data(),
+            parse_complete(),
             parameters(),
             no_data(),
             ready(b'I'),
@@ -426,6 +429,7 @@ fn describe_of_statements_and_portals() {
             parameters(),
             row_description(),
             no_data(),
+            parse_complete(),
             parameters(),
             no_data(),
             ready(b'I')
@@ -637,4 +641,50 @@ fn texts_are_stored_once() {
     names.insert(b"y", b);
     assert_eq!(names.len(), 2);
     assert_eq!(names.texts.len(), 1);
+}
+
+#[test]
+fn the_unnamed_statement_follows_the_client_to_another_connection() {
+    let (mut one, mut two) = (Conn::new(8), Conn::new(8));
+    let mut c = Client::new();
+    c.send(&mut one, &[parse("", "select $1", &[]), sync()]);
+    c.recv(&mut one, &[parse_complete(), ready(b'I')]);
+    c.rw.attached();
+    let (to_server, _) = c.send(&mut two, &[bind("", ""), execute(""), sync()]);
+    assert_eq!(
+        to_server,
+        all(&[
+            parse("", "select $1", &[]),
+            bind("", ""),
+            execute(""),
+            sync()
+        ])
+    );
+    // The added Parse's answer is not the client's.
+    let (_, seen) = c.recv(
+        &mut two,
+        &[
+            parse_complete(),
+            bind_complete(),
+            complete("SELECT 1"),
+            ready(b'I'),
+        ],
+    );
+    assert_eq!(
+        seen,
+        all(&[bind_complete(), complete("SELECT 1"), ready(b'I')])
+    );
+    // Now the connection has it.
+    let (to_server, _) = c.send(&mut two, &[bind("", ""), sync()]);
+    assert_eq!(to_server, all(&[bind("", ""), sync()]));
+}
+
+#[test]
+fn a_bind_of_an_unnamed_statement_never_parsed_is_refused_here() {
+    let mut conn = Conn::new(8);
+    let mut c = Client::new();
+    c.rw.attached();
+    let (to_server, to_client) = c.send(&mut conn, &[bind("", ""), execute(""), sync()]);
+    assert_eq!(to_server, all(&[sync()]));
+    assert_eq!(to_client[0].0, 'E');
 }
