@@ -7,8 +7,12 @@
 //! expects, the slot records the values its connection has, and before a
 //! transaction runs on a connection the worker sets whatever differs.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use crate::protocol::framer::{frames, Frame};
 use crate::protocol::{self, tag::backend};
+use crate::slot::Slot;
 
 /// Reported parameters a client can change with SET and that change what
 /// queries return. Others that PostgreSQL reports (server_version,
@@ -121,6 +125,55 @@ impl Params {
         }
         (!sql.is_empty()).then_some(sql)
     }
+}
+
+/// The tracked values a client expects, and the connections it has found
+/// with them already. Comparing a connection's parameters means reading
+/// and walking its start-up messages; a connection whose socket
+/// (`Slot::generation`) and parameters (`Slot::startup_changes`) are
+/// unchanged since it was found in line needs no second look. The record
+/// belongs to one client: it is made with the client's values and
+/// forgotten whenever they change.
+#[derive(Debug, Default)]
+pub struct Desired {
+    params: Params,
+    /// Slot index → generation and change count it was in line at.
+    in_line: RefCell<HashMap<usize, (u64, u32)>>,
+}
+
+impl Desired {
+    pub fn new(params: Params) -> Self {
+        Desired {
+            params,
+            in_line: RefCell::default(),
+        }
+    }
+
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    /// The client now expects `value`: no connection is known to have it.
+    pub fn set(&mut self, name: &str, value: &str) {
+        self.params.set(name, value);
+        self.in_line.get_mut().clear();
+    }
+
+    /// Whether the connection in slot `index` (held by the caller) was
+    /// found in line and has not changed since.
+    pub fn known_in_line(&self, index: usize, slot: &Slot) -> bool {
+        self.in_line.borrow().get(&index) == Some(&stamp(slot))
+    }
+
+    /// The connection in slot `index` (held by the caller) has the values
+    /// the client expects.
+    pub fn found_in_line(&self, index: usize, slot: &Slot) {
+        self.in_line.borrow_mut().insert(index, stamp(slot));
+    }
+}
+
+fn stamp(slot: &Slot) -> (u64, u32) {
+    (slot.generation(), slot.startup_changes())
 }
 
 /// The value start-up messages report for a tracked name.
@@ -283,5 +336,27 @@ mod tests {
             Params::from_startup(&b3[..b3.len() - 3]).get("TimeZone"),
             Some("Asia/Tokyo")
         );
+    }
+
+    /// A connection found in line stays known until its socket, its
+    /// parameters or the client's values change.
+    #[test]
+    fn a_connection_found_in_line_is_not_looked_at_again_until_something_changes() {
+        let slot = Slot::default();
+        slot.set_startup(&blob(&[("TimeZone", "UTC")]));
+        let mut d = Desired::new(Params::default());
+        assert!(!d.known_in_line(3, &slot));
+        d.found_in_line(3, &slot);
+        assert!(d.known_in_line(3, &slot));
+        assert!(!d.known_in_line(4, &slot), "another slot");
+        slot.set_startup(&blob(&[("TimeZone", "UTC")]));
+        assert!(!d.known_in_line(3, &slot), "parameters set again");
+        d.found_in_line(3, &slot);
+        slot.bump_generation();
+        assert!(!d.known_in_line(3, &slot), "another socket");
+        d.found_in_line(3, &slot);
+        d.set("TimeZone", "Asia/Tokyo");
+        assert!(!d.known_in_line(3, &slot), "the client's values changed");
+        assert_eq!(d.params().get("timezone"), Some("Asia/Tokyo"));
     }
 }

@@ -3,7 +3,7 @@
 //! message tags (at boundaries), ReadyForQuery status and ErrorResponse
 //! severity, which decide whether the connection can be pooled afterwards.
 //!
-//! Both sockets are non-blocking and each direction has its own buffer, so
+//! No read or write waits and each direction has its own buffer, so
 //! a client that pipelines many requests while the server is answering can
 //! never wedge the worker: whichever side is ready is served.
 
@@ -38,7 +38,8 @@ pub struct Performance<'a> {
 }
 
 impl<'a> Performance<'a> {
-    /// Both descriptors must already be non-blocking. `stop` is set by the
+    /// Neither descriptor need be non-blocking: every read and write says
+    /// it must not wait (`sys::io`). `stop` is set by the
     /// worker's signal handler; `wait_mask` is the signal mask to wait with
     /// (the handler's signal unblocked only while waiting).
     pub fn new(

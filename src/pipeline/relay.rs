@@ -61,10 +61,11 @@ impl Relay {
         self.scanned == self.end && self.framer.at_boundary()
     }
 
-    /// One read. `Ok(0)` is end of stream.
+    /// One read of as much as has arrived and fits, that never waits.
+    /// `Ok(0)` is end of stream.
     #[inline]
     pub fn fill(&mut self, fd: BorrowedFd<'_>) -> io::Result<usize> {
-        let n = sys::io::read(fd, &mut self.buf[self.end..])?;
+        let n = sys::io::recv_nowait(fd, &mut self.buf[self.end..])?;
         self.end += n;
         Ok(n)
     }
@@ -89,7 +90,7 @@ impl Relay {
     /// when nothing scanned is left.
     pub fn flush(&mut self, fd: BorrowedFd<'_>) -> io::Result<bool> {
         while self.start < self.scanned {
-            match sys::io::send(fd, &self.buf[self.start..self.scanned]) {
+            match sys::io::send_nowait(fd, &self.buf[self.start..self.scanned]) {
                 Ok(n) => self.start += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -122,46 +122,30 @@ pub fn probe(fd: BorrowedFd<'_>, timeout: Duration) -> Result<(), ProbeError> {
     }
 }
 
-/// Waits until `fd` is ready for `events` or the deadline passes.
-fn wait(
-    fd: BorrowedFd<'_>,
-    events: Events,
-    deadline: Instant,
-    timeout: Duration,
-) -> Result<(), ProbeError> {
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(ProbeError::Timeout(timeout));
-        }
-        match sys::poll::wait_one(fd, events, Some(left), None)? {
-            // Errors and hang-ups surface in the send or recv that follows.
-            Woke::Ready(_) => return Ok(()),
-            Woke::TimedOut | Woke::Interrupted => {}
-        }
+/// What is left of the probe's time, or its timeout error.
+fn left(deadline: Instant, timeout: Duration) -> Result<Duration, ProbeError> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(ProbeError::Timeout(timeout));
+    }
+    Ok(left)
+}
+
+fn io_error(e: io::Error, timeout: Duration) -> ProbeError {
+    match e.kind() {
+        io::ErrorKind::TimedOut => ProbeError::Timeout(timeout),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => ProbeError::Closed,
+        _ => e.into(),
     }
 }
 
 fn send_all(
     fd: BorrowedFd<'_>,
-    mut bytes: &[u8],
+    bytes: &[u8],
     deadline: Instant,
     timeout: Duration,
 ) -> Result<(), ProbeError> {
-    while !bytes.is_empty() {
-        wait(fd, Events::POLLOUT, deadline, timeout)?;
-        match sys::io::send_nowait(fd, bytes) {
-            Ok(n) => bytes = &bytes[n..],
-            Err(e) => match e.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => {}
-                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => {
-                    return Err(ProbeError::Closed)
-                }
-                _ => return Err(e.into()),
-            },
-        }
-    }
-    Ok(())
+    sys::io::send_all_within(fd, bytes, left(deadline, timeout)?).map_err(|e| io_error(e, timeout))
 }
 
 /// Appends what arrives next to `buf`.
@@ -172,20 +156,17 @@ fn recv_some(
     timeout: Duration,
 ) -> Result<(), ProbeError> {
     let mut chunk = [0u8; 4096];
-    loop {
-        wait(fd, Events::POLLIN, deadline, timeout)?;
-        match sys::io::recv_nowait(fd, &mut chunk) {
-            Ok(0) => return Err(ProbeError::Closed),
-            Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
-                return Ok(());
-            }
-            Err(e) => match e.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => {}
-                io::ErrorKind::ConnectionReset => return Err(ProbeError::Closed),
-                _ => return Err(e.into()),
-            },
+    // Called when the bytes there are not enough: waiting first spares a
+    // read that would find nothing new.
+    sys::io::wait_within(fd, Events::POLLIN, left(deadline, timeout)?)
+        .map_err(|e| io_error(e, timeout))?;
+    match sys::io::recv_within(fd, &mut chunk, left(deadline, timeout)?) {
+        Ok(0) => Err(ProbeError::Closed),
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            Ok(())
         }
+        Err(e) => Err(io_error(e, timeout)),
     }
 }
 

@@ -15,6 +15,10 @@ pub const PROOF_CAPACITY: usize = 48;
 #[repr(C)]
 struct Bytes<const N: usize> {
     len: u32,
+    /// Bumped by every `set`: an owner that remembers the count it last
+    /// saw knows, without reading the bytes, whether anyone wrote them
+    /// since. Only the count's equality means anything (it wraps).
+    changes: u32,
     bytes: [u8; N],
 }
 
@@ -38,6 +42,7 @@ impl<const N: usize> OwnerBlob<N> {
     pub(super) const fn empty() -> Self {
         OwnerBlob(UnsafeCell::new(Bytes {
             len: 0,
+            changes: 0,
             bytes: [0; N],
         }))
     }
@@ -53,7 +58,14 @@ impl<const N: usize> OwnerBlob<N> {
         let blob = unsafe { &mut *self.0.get() };
         blob.bytes[..bytes.len()].copy_from_slice(bytes);
         blob.len = bytes.len() as u32;
+        blob.changes = blob.changes.wrapping_add(1);
         true
+    }
+
+    /// How many times the bytes were set (wrapping).
+    fn changes(&self) -> u32 {
+        // SAFETY: as in `get`: read by the owner, no borrow outlives this.
+        unsafe { (*self.0.get()).changes }
     }
 
     /// A copy: a borrow of the bytes could outlive a later `set` by the
@@ -120,6 +132,13 @@ impl Slot {
     /// The connection's current start-up messages. Owner only.
     pub fn startup(&self) -> Vec<u8> {
         self.startup.get()
+    }
+
+    /// Changes whenever the current start-up messages are set: with the
+    /// generation, it tells an owner whether the connection's parameters
+    /// are still the ones it last saw. Owner only.
+    pub fn startup_changes(&self) -> u32 {
+        self.startup.changes()
     }
 
     /// The start-up messages as the server sent them at login. Owner only.

@@ -1,9 +1,16 @@
 //! Reading and writing through borrowed descriptors: single calls for the
-//! relay, which judges `WouldBlock` and `Interrupted` itself, and the loops
-//! that write a whole message, which every other writer shares.
+//! pipelines, which judge `WouldBlock` and `Interrupted` themselves, and the
+//! loops that write a whole message, which every other writer shares.
+//!
+//! A pooled server socket is one open file shared by the supervisor and
+//! every worker, so its `O_NONBLOCK` flag belongs to nobody: the pipelines
+//! and the exchanges on idle connections say per call whether they wait
+//! (`MSG_DONTWAIT`, and poll(2) with a bound when they must), and never
+//! spend a system call switching the flag.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::time::Duration;
 
 use nix::sys::socket::{self, MsgFlags};
 
@@ -24,8 +31,11 @@ pub fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
     socket::send(fd.as_raw_fd(), buf, MsgFlags::MSG_NOSIGNAL).map_err(os)
 }
 
-/// One send(2) that never waits, even on a blocking socket: for a process
-/// that must not block (the supervisor) writing a few bytes as a courtesy.
+/// One send(2) with `MSG_NOSIGNAL` that never waits, whatever the socket's
+/// flags: a full send buffer is `WouldBlock`. The pipelines' sends, and a
+/// process that must not block (the supervisor) writing a few bytes as a
+/// courtesy.
+#[inline]
 pub fn send_nowait(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
     socket::send(
         fd.as_raw_fd(),
@@ -35,11 +45,76 @@ pub fn send_nowait(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
     .map_err(os)
 }
 
-/// One recv(2) that never waits, even on a blocking socket: for a reader
-/// that shares the open file with other processes and so must not change
-/// its flags. `Ok(0)` is end of stream.
+/// One recv(2) that never waits, whatever the socket's flags: nothing
+/// there yet is `WouldBlock`, `Ok(0)` is end of stream. The pipelines'
+/// reads, and any reader that shares the open file with other processes
+/// and so must not change its flags.
+#[inline]
 pub fn recv_nowait(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     socket::recv(fd.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT).map_err(os)
+}
+
+/// Sends all of `bytes` without depending on the socket's `O_NONBLOCK`
+/// flag (`MSG_DONTWAIT`), waiting in poll(2) while the socket is full, for
+/// no longer than `limit` each time: for a socket whose open file other
+/// processes share, whose flags are therefore left alone. A wait that runs
+/// out is `TimedOut`.
+pub fn send_all_within(fd: BorrowedFd<'_>, bytes: &[u8], limit: Duration) -> io::Result<()> {
+    let mut sent = 0;
+    while sent < bytes.len() {
+        match send_nowait(fd, &bytes[sent..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                wait_within(fd, poll::Events::POLLOUT, limit)?
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// One recv(2) that does not depend on the socket's flags, waiting in
+/// poll(2) for no longer than `limit` when nothing has arrived yet. As
+/// much as is there and fits is read in one call. `Ok(0)` is end of
+/// stream; a wait that runs out is `TimedOut`.
+pub fn recv_within(fd: BorrowedFd<'_>, buf: &mut [u8], limit: Duration) -> io::Result<usize> {
+    receive_within(fd, buf, limit, MsgFlags::empty())
+}
+
+/// `recv_within` that leaves what it copies in the socket (`MSG_PEEK`):
+/// for a reader that must take no byte past the last message it owns.
+pub fn peek_within(fd: BorrowedFd<'_>, buf: &mut [u8], limit: Duration) -> io::Result<usize> {
+    receive_within(fd, buf, limit, MsgFlags::MSG_PEEK)
+}
+
+fn receive_within(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    limit: Duration,
+    flags: MsgFlags,
+) -> io::Result<usize> {
+    loop {
+        match socket::recv(fd.as_raw_fd(), buf, flags | MsgFlags::MSG_DONTWAIT).map_err(os) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                wait_within(fd, poll::Events::POLLIN, limit)?
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Waits until `fd` may be ready for `events` (or has an error or a
+/// hang-up, which the next call reports), for at most `limit`. A signal
+/// ends the wait early; the caller's next attempt finds out what changed.
+/// A wait that runs out is `TimedOut`.
+pub fn wait_within(fd: BorrowedFd<'_>, events: poll::Events, limit: Duration) -> io::Result<()> {
+    match poll::wait_one(fd, events, Some(limit), None)? {
+        poll::Woke::TimedOut => Err(io::ErrorKind::TimedOut.into()),
+        poll::Woke::Ready(_) | poll::Woke::Interrupted => Ok(()),
+    }
 }
 
 /// Writes all of `bytes` to a blocking socket, repeating interrupted and
@@ -211,6 +286,40 @@ mod tests {
         sock::set_timeouts(a.as_fd(), Some(std::time::Duration::from_millis(20))).unwrap();
         let err = write_all(a.as_fd(), &large_message()).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+    }
+
+    /// The bounded helpers work on blocking and non-blocking sockets alike
+    /// and leave the flag as it was; a peek leaves the bytes for the next
+    /// read; a wait that runs out is `TimedOut`, not a hang.
+    #[test]
+    fn bounded_helpers_ignore_the_flag_and_time_out() {
+        let limit = std::time::Duration::from_millis(20);
+        for blocking in [true, false] {
+            let (a, b) = UnixStream::pair().unwrap();
+            a.set_nonblocking(!blocking).unwrap();
+            let mut buf = [0u8; 8];
+            assert_eq!(
+                recv_within(a.as_fd(), &mut buf, limit).unwrap_err().kind(),
+                io::ErrorKind::TimedOut
+            );
+            send_all_within(b.as_fd(), b"abc", limit).unwrap();
+            assert_eq!(peek_within(a.as_fd(), &mut buf, limit).unwrap(), 3);
+            assert_eq!(recv_within(a.as_fd(), &mut buf[..2], limit).unwrap(), 2);
+            assert_eq!(&buf[..2], b"ab");
+            assert_eq!(recv_within(a.as_fd(), &mut buf, limit).unwrap(), 1);
+            // A full socket: the send waits for room, then gives up.
+            let err = send_all_within(a.as_fd(), &large_message(), limit).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+            let flags = nix::fcntl::fcntl(a.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL).unwrap();
+            assert_eq!(flags & libc::O_NONBLOCK != 0, !blocking);
+            // Room made by a reader: everything arrives.
+            let reader = read_everything(b);
+            let msg = large_message();
+            send_all_within(a.as_fd(), &msg, std::time::Duration::from_secs(20)).unwrap();
+            drop(a);
+            let got = reader.join().unwrap();
+            assert!(got.ends_with(&msg));
+        }
     }
 
     static INTERRUPTED: AtomicBool = AtomicBool::new(false);

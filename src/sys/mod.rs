@@ -10,8 +10,9 @@
 //! these and stays free of `unsafe` (the shared segment and slot table keep
 //! theirs: they are memory layout, not system calls).
 //!
-//! The functions meant for the relay's hot path (`io::read`, `io::send`,
-//! `poll::wait_pair`) make exactly one system call each and never allocate.
+//! The functions meant for the pipelines' hot path (`io::recv_nowait`,
+//! `io::send_nowait`, `poll::wait_pair`) make exactly one system call each
+//! and never allocate.
 
 pub mod fd;
 pub mod futex;

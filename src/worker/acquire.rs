@@ -12,7 +12,7 @@ use super::{Context, WorkerError};
 use crate::auth::client as client_auth;
 use crate::auth::proof::AuthProof;
 use crate::management::ManagementError;
-use crate::pipeline::params::Params;
+use crate::pipeline::params::Desired;
 use crate::pool::{self, Acquired, Verdict, Want};
 use crate::protocol::StartupMessage;
 use crate::server::{self, Login};
@@ -50,7 +50,7 @@ pub struct Request<'a> {
     pub prove: Option<(BorrowedFd<'a>, &'a str)>,
     /// The tracked parameters the client named or set itself; for the
     /// others it expects the connection's login values.
-    pub desired: &'a Params,
+    pub desired: &'a Desired,
 }
 
 /// Waits up to `blocking_timeout` for a connection. Any connection found
@@ -75,7 +75,7 @@ pub fn acquire(
     let slot = &ctx.segment.slots()[held.index];
     let server = held.server();
     let timeout = attach::connect_timeout(ctx);
-    if let Err(e) = server::session::sync_params(server, slot, req.desired, timeout) {
+    if let Err(e) = server::session::sync_params(server, held.index, slot, req.desired, timeout) {
         sockets.forget(held.index);
         pool::check_in(ctx.segment, held.index, me, Verdict::Dirty);
         return Err(WorkerError::ParameterSync(e));

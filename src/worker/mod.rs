@@ -234,9 +234,8 @@ fn run_transaction(
     rewriter: Rewriter,
     idle_limit: Duration,
 ) -> Outcome {
-    if let Err(e) = io::set_nonblocking(client, true) {
-        return Outcome::Io(e);
-    }
+    // The pipelines never wait in a read or write, whatever the sockets'
+    // flags (`sys::io`): no flag is switched for them.
     signals::enter_pipeline();
     let mut p = Transaction::new(
         client,
@@ -307,11 +306,6 @@ fn run_pipeline(
     server: BorrowedFd<'_>,
     idle_limit: Duration,
 ) -> (Outcome, crate::pipeline::SessionState) {
-    if let Err(e) =
-        io::set_nonblocking(client, true).and_then(|_| io::set_nonblocking(server, true))
-    {
-        return (Outcome::Io(e), Default::default());
-    }
     signals::enter_pipeline();
     let mut p = Performance::new(client, server, &signals::STOP, signals::wait_mask())
         .with_idle_limit(Some(idle_limit));
@@ -324,9 +318,6 @@ fn run_pipeline(
     );
     let state = p.state.clone();
     signals::leave_pipeline();
-    // Pooled sockets are shared with the supervisor (same open file):
-    // leave them blocking as the next worker expects none of our flags.
-    let _ = io::set_nonblocking(server, false);
     (outcome, state)
 }
 

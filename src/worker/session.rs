@@ -12,7 +12,7 @@ use super::{cancel, io, Context, Peer, WorkerError};
 use crate::auth::client::{self as client_auth, Admission, AuthError};
 use crate::auth::startup::{self as client_startup, ClientStart};
 use crate::config::PipelineKind;
-use crate::pipeline::params::Params;
+use crate::pipeline::params::{Desired, Params};
 use crate::pipeline::prepared::Rewriter;
 use crate::pipeline::{self, Outcome, SessionState};
 use crate::pool::{self, CheckedIn, Verdict, Want};
@@ -93,7 +93,7 @@ impl<'a> Session<'a> {
                 (!trusted).then_some((self.client, self.user.as_str())),
             ),
         };
-        let desired = Params::from_client(&self.startup.params);
+        let desired = Desired::new(Params::from_client(&self.startup.params));
         let req = Request {
             want: Want {
                 database: &self.database,
@@ -248,7 +248,7 @@ impl<'a> Session<'a> {
         let slot = &self.ctx.segment.slots()[held.index];
         // What the client named; each attach adds the connection's login
         // values for the rest, never another client's current ones.
-        let desired = Params::from_client(&self.startup.params);
+        let desired = Desired::new(Params::from_client(&self.startup.params));
         slot.set_client_key(0);
         let pinned = if pool::may_be_shared(slot) {
             pool::check_in(self.ctx.segment, held.index, self.me, Verdict::Clean);

@@ -17,7 +17,7 @@ use super::acquire::{self, Held, Request};
 use super::attach::Sockets;
 use super::{Context, WorkerError};
 use crate::auth::Admission;
-use crate::pipeline::params::{self, Params};
+use crate::pipeline::params::{self, Desired};
 use crate::pipeline::prepared::{self, ServerStatements};
 use crate::pipeline::session_sql::PinReason;
 use crate::pipeline::transaction::Attach;
@@ -37,7 +37,7 @@ pub struct WorkerAttach<'a> {
     pub sockets: &'a mut Sockets,
     /// The tracked parameters the client named at start-up or has set
     /// since; the others are the attached connection's login values.
-    pub desired: Params,
+    pub desired: Desired,
     /// The pool key of the client's login settings (`server::settings`).
     pub settings_key: u64,
     /// Secret half of the client's cancel key.
@@ -87,11 +87,6 @@ impl WorkerAttach<'_> {
                 acquire::acquire(self.ctx, self.sockets, self.me, &req)?
             }
         };
-        let server = held.server();
-        if let Err(e) = crate::fdio::set_nonblocking(server, true) {
-            self.close(held.index);
-            return Err(WorkerError::ClientProtocol(e.into()));
-        }
         if !pool::may_be_shared(&self.ctx.segment.slots()[held.index]) {
             self.pinned = Some(held);
         }
@@ -117,10 +112,7 @@ impl WorkerAttach<'_> {
         let server = held.server();
         let timeout = super::attach::connect_timeout(self.ctx);
         let failure = match settings_follow::replay(server, slot, &self.settings, timeout) {
-            Ok(None) => match crate::fdio::set_nonblocking(server, true) {
-                Ok(()) => return Ok(()),
-                Err(e) => ErrorResponse::error(sqlstate::CONNECTION_FAILURE, e.to_string()),
-            },
+            Ok(None) => return Ok(()),
             Ok(Some(refused)) => {
                 log::warn!(
                     "{}/{}: the server refused to set {} again ({}); dropped",

@@ -50,7 +50,7 @@ impl Input {
             self.end -= self.start;
             self.start = 0;
         }
-        let n = sys::io::read(fd, &mut self.buf[self.end..])?;
+        let n = sys::io::recv_nowait(fd, &mut self.buf[self.end..])?;
         self.end += n;
         Ok(n)
     }
@@ -97,10 +97,11 @@ impl Output {
     }
 }
 
-/// One non-blocking send; 0 when the socket has no room.
+/// One send that never waits, whatever the socket's flags; 0 when the
+/// socket has no room.
 fn send_some(fd: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<usize> {
     loop {
-        match sys::io::send(fd, bytes) {
+        match sys::io::send_nowait(fd, bytes) {
             Ok(n) => return Ok(n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -180,8 +180,7 @@ fn run_watched(
 ) -> (Vec<u8>, OneServer, Outcome) {
     let (mut client, client_end) = UnixStream::pair().unwrap();
     let (server_end, server) = UnixStream::pair().unwrap();
-    client_end.set_nonblocking(true).unwrap();
-    server_end.set_nonblocking(true).unwrap();
+    // Both ends are left blocking: the pump never depends on the flag.
     let server_thread = thread::spawn(move || scripted_server(server));
     let watch = client_end.try_clone().unwrap();
     // A pump that stops answering fails the test instead of hanging it.
