@@ -32,7 +32,7 @@ use crate::waiters::{self, Line};
 pub const MAGIC: [u8; 8] = *b"PGCORRAL";
 /// Bumped whenever the layout changes, so that an incompatible process
 /// refuses to attach instead of misreading the slots.
-pub const VERSION: u32 = 9;
+pub const VERSION: u32 = 10;
 /// The memfd's name; `/proc/PID/fd` shows it as `/memfd:pgcorral (deleted)`.
 pub const MEMFD_NAME: &str = "pgcorral";
 pub const MAX_SLOTS: usize = 10_000;
