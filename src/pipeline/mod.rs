@@ -1,7 +1,6 @@
 //! Pipelines: what a worker does with the bytes between its client and the
 //! server connection it was given.
 
-pub mod params;
 pub mod performance;
 pub mod prepared;
 pub mod relay;

@@ -21,8 +21,8 @@
 
 use std::fmt;
 
-use super::params;
 use crate::protocol::extended::{Parse, Query};
+use crate::server::params;
 
 /// Why a client keeps its connection.
 #[derive(Debug, Clone, PartialEq, Eq)]

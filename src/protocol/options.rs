@@ -3,7 +3,7 @@
 //! name=value` settings among them. Read here once for the two places that
 //! need it: the login settings of a server connection
 //! (`server::settings`) and the reported parameters a client asked for
-//! (`pipeline::params`).
+//! (`server::params`).
 
 /// One word of an `options` string, or a `-c name=value` setting in it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,6 +8,7 @@
 
 pub mod connect;
 pub mod fill;
+pub mod params;
 pub mod probe;
 pub mod session;
 pub mod settings;

@@ -7,7 +7,7 @@
 //! for its whole life. The pool therefore gives a client only a connection
 //! whose login settings equal its own (`hash`, recorded in the slot).
 //!
-//! The tracked parameters (`pipeline::params::TRACKED`) a client names at
+//! The tracked parameters (`server::params::TRACKED`) a client names at
 //! start-up are login settings like any other: `RESET DateStyle` must
 //! return to the client's start-up value, which only a login can make the
 //! session's default. `application_name` and `client_encoding` are left

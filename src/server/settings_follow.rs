@@ -11,17 +11,17 @@
 //! before anything is read.
 //!
 //! The reported parameters pgcorral carries by their ParameterStatus
-//! (`pipeline::params::TRACKED`) are left out of the record: one mechanism
+//! (`server::params::TRACKED`) are left out of the record: one mechanism
 //! per parameter.
 
 use std::os::fd::BorrowedFd;
 use std::time::Duration;
 
 use super::session::{run_idle, send_idle, Row, SessionError};
-use crate::pipeline::params;
 use crate::protocol::message::{put_cstr, put_i16, put_i32};
 use crate::protocol::tag::frontend;
 use crate::protocol::{write_message, ErrorResponse};
+use crate::server::params;
 use crate::slot::Slot;
 
 /// Reads the identity first, then resets it, so that `pg_settings` is read

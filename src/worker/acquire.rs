@@ -12,9 +12,9 @@ use super::{Context, WorkerError};
 use crate::auth::client as client_auth;
 use crate::auth::proof::AuthProof;
 use crate::management::ManagementError;
-use crate::pipeline::params::Desired;
 use crate::pool::{self, Acquired, Verdict, Want};
 use crate::protocol::StartupMessage;
+use crate::server::params::Desired;
 use crate::server::{self, Login};
 
 /// A connection the worker holds IN_USE.

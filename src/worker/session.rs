@@ -12,11 +12,11 @@ use super::{cancel, io, Context, Peer, WorkerError};
 use crate::auth::client::{self as client_auth, Admission, AuthError};
 use crate::auth::startup::{self as client_startup, ClientStart};
 use crate::config::PipelineKind;
-use crate::pipeline::params::{Desired, Params};
 use crate::pipeline::prepared::Rewriter;
 use crate::pipeline::{self, Outcome, SessionState};
 use crate::pool::{self, CheckedIn, Verdict, Want};
 use crate::protocol::{self, ProtocolError, StartupMessage};
+use crate::server::params::{Desired, Params};
 use crate::server::{self, Login};
 
 pub struct Session<'a> {

@@ -17,12 +17,12 @@ use super::acquire::{self, Held, Request};
 use super::attach::Sockets;
 use super::{Context, WorkerError};
 use crate::auth::Admission;
-use crate::pipeline::params::{self, Desired};
 use crate::pipeline::prepared::{self, ServerStatements};
 use crate::pipeline::session_sql::PinReason;
 use crate::pipeline::transaction::Attach;
 use crate::pool::{self, Verdict, Want};
 use crate::protocol::{sqlstate, ErrorResponse, StartupMessage};
+use crate::server::params::{self, Desired};
 use crate::server::settings_follow::{self, ClientSettings};
 use crate::server::Login;
 

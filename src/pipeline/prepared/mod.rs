@@ -46,6 +46,7 @@
 //! is absent) and forgetting a statement the server reports missing make
 //! the per-connection record self-correcting in both directions.
 
+mod note;
 #[cfg(test)]
 mod proptests;
 mod registry;
