@@ -293,22 +293,12 @@ impl Supervisor {
             let Some(listener) = self.tcp.get(index) else {
                 return;
             };
-            match listener.accept() {
-                Ok((stream, addr)) => self.spawn(stream.into(), Peer { addr: Some(addr) }),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if fds::out_of_descriptors(&e) => {
-                    if !self.reserve.release(&e) {
-                        return;
-                    }
-                    let accepted = listener.accept().map(|(s, _)| OwnedFd::from(s));
-                    if !self.refuse_spare(accepted) {
-                        return;
-                    }
+            match self.reserve.accept("clients", || listener.accept()) {
+                Accepted::Serve((stream, addr)) => {
+                    self.spawn(stream.into(), Peer { addr: Some(addr) })
                 }
-                Err(e) => {
-                    log::warn!("accept: {e}");
-                    return;
-                }
+                Accepted::Refuse((stream, _)) => refuse_client(stream.into()),
+                Accepted::Done => return,
             }
         }
     }
@@ -324,11 +314,7 @@ impl Supervisor {
             {
                 Accepted::Serve(c) => c,
                 Accepted::Refuse((stream, _)) => {
-                    fds::refuse(
-                        stream.into(),
-                        fds::TOO_MANY,
-                        "sorry, too many clients already",
-                    );
+                    refuse_client(stream.into());
                     continue;
                 }
                 Accepted::Done => return,
@@ -336,11 +322,7 @@ impl Supervisor {
             let peer = addr.to_string();
             if let Err(why) = fds::admit(&self.config.main, self.clients()) {
                 log::warn!("remote management from {peer}: refused, {why}");
-                fds::refuse(
-                    stream.into(),
-                    fds::TOO_MANY,
-                    "sorry, too many clients already",
-                );
+                refuse_client(stream.into());
                 continue;
             }
             match spawn::spawn_admin(&self.context(), stream.into(), &peer) {
@@ -368,46 +350,18 @@ impl Supervisor {
             let Some(listener) = &self.unix else {
                 return;
             };
-            match listener.accept() {
-                Ok((stream, _)) => self.spawn(stream.into(), Peer { addr: None }),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if fds::out_of_descriptors(&e) => {
-                    if !self.reserve.release(&e) {
-                        return;
-                    }
-                    let accepted = listener.accept().map(|(s, _)| OwnedFd::from(s));
-                    if !self.refuse_spare(accepted) {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    log::warn!("accept: {e}");
-                    return;
-                }
+            match self.reserve.accept("clients", || listener.accept()) {
+                Accepted::Serve((stream, _)) => self.spawn(stream.into(), Peer { addr: None }),
+                Accepted::Refuse((stream, _)) => refuse_client(stream.into()),
+                Accepted::Done => return,
             }
         }
     }
 
-    /// Refuses the client accepted on the reserve descriptor, then takes
-    /// the reserve back; false when there was nothing to accept after all,
-    /// or the spare did not suffice, so the accept loop stops.
-    fn refuse_spare(&mut self, accepted: io::Result<OwnedFd>) -> bool {
-        let go_on = match accepted {
-            Ok(client) => {
-                fds::refuse(client, fds::TOO_MANY, "sorry, too many clients already");
-                true
-            }
-            Err(_) => false,
-        };
-        self.reserve.restore();
-        go_on
-    }
-
     fn spawn(&mut self, client: OwnedFd, peer: Peer) {
-        self.reserve.accepted();
         if let Err(why) = fds::admit(&self.config.main, self.clients()) {
             log::warn!("{peer}: refused, {why}");
-            fds::refuse(client, fds::TOO_MANY, "sorry, too many clients already");
+            refuse_client(client);
             return;
         }
         self.hand_off(client, peer);
@@ -438,6 +392,11 @@ impl Drop for Supervisor {
 /// A fresh key for the prepared-statement name hash. Without random
 /// numbers the supervisor does not start: names a client could predict
 /// would let it collide with another client's statements.
+/// The answer to a client pgcorral cannot take now, as PostgreSQL gives it.
+fn refuse_client(client: OwnedFd) {
+    fds::refuse(client, fds::TOO_MANY, "sorry, too many clients already");
+}
+
 fn random_key() -> Result<[u64; 2], RandomError> {
     Ok([random::u64()?, random::u64()?])
 }
