@@ -29,6 +29,7 @@ use super::session_sql::{self, PinReason};
 use super::Outcome;
 use crate::protocol::backend::ready_for_query;
 use crate::protocol::error_response::is_fatal_or_panic;
+use crate::protocol::extended::{Parse, Target, TargetKind};
 use crate::protocol::framer::Header;
 use crate::protocol::tag::{backend, frontend};
 use crate::protocol::{self, sqlstate, ErrorResponse};
@@ -538,11 +539,20 @@ impl<'a, A: Attach> Transaction<'a, A> {
                 attach.settings_changed(&found.custom);
             }
             if tag == frontend::PARSE {
-                setting_statements.note(body, found.settings);
+                // A malformed Parse is refused by the rewriter below.
+                if let Ok(parse) = Parse::read(body) {
+                    setting_statements.note(parse.name, found.settings);
+                }
             }
         }
-        if tag == frontend::CLOSE && body.first() == Some(&b'S') {
-            setting_statements.note(&body[1..], false);
+        if tag == frontend::CLOSE {
+            if let Ok(Target {
+                kind: TargetKind::Statement,
+                name,
+            }) = Target::read(frontend::CLOSE, body)
+            {
+                setting_statements.note(name, false);
+            }
         }
         let result = if rewriter.is_pass_through() {
             // Gathered only to be looked at: passed on as it came.
@@ -700,11 +710,9 @@ impl SettingStatements {
         self.overflow || !self.names.is_empty()
     }
 
-    /// Records whether the statement named at the start of `body` (a
-    /// Parse's, or a Close's after its kind) may change a setting when it
-    /// runs.
-    fn note(&mut self, body: &[u8], changes: bool) {
-        let name = &body[..body.iter().position(|&b| b == 0).unwrap_or(body.len())];
+    /// Records whether the statement `name` (parsed, or closed) may
+    /// change a setting when it runs.
+    fn note(&mut self, name: &[u8], changes: bool) {
         self.names.retain(|n| n != name);
         if changes && self.names.len() < MAX_SETTING_STATEMENTS {
             self.names.push(name.to_vec());
