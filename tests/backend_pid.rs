@@ -17,16 +17,6 @@ use common::{read_answer, wait_until, Answer, Pgcorral, Postgres};
 /// One protocol message: tag and body.
 type Message = (u8, Vec<u8>);
 
-fn read_message(stream: &mut TcpStream) -> Message {
-    let mut head = [0u8; 5];
-    stream.read_exact(&mut head).expect("read a message header");
-    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-    assert!((4..=1 << 20).contains(&len), "message length {len}");
-    let mut body = vec![0u8; len - 4];
-    stream.read_exact(&mut body).expect("read a message body");
-    (head[0], body)
-}
-
 fn int32(body: &[u8], at: usize) -> i32 {
     i32::from_be_bytes([body[at], body[at + 1], body[at + 2], body[at + 3]])
 }
@@ -47,7 +37,7 @@ impl RawClient {
             .expect("send startup");
         let mut key = None;
         loop {
-            match read_message(&mut stream) {
+            match common::read_message(&mut stream) {
                 (b'K', body) => key = Some((int32(&body, 0), int32(&body, 4))),
                 (b'Z', _) => break,
                 (b'E', body) => panic!("start-up refused: {}", String::from_utf8_lossy(&body)),
@@ -74,7 +64,7 @@ impl RawClient {
     fn answer(&mut self) -> Vec<Message> {
         let mut got = Vec::new();
         loop {
-            let msg = read_message(&mut self.stream);
+            let msg = common::read_message(&mut self.stream);
             let done = msg.0 == b'Z';
             got.push(msg);
             if done {
@@ -254,7 +244,7 @@ fn terminating_the_backend_the_client_was_told_ends_its_session() {
         "no backend with the pid the client was told"
     );
     // PostgreSQL tells the client why, then closes; pgcorral passes both on.
-    let (tag, body) = read_message(&mut client.stream);
+    let (tag, body) = common::read_message(&mut client.stream);
     assert_eq!(tag, b'E', "expected the FATAL of a terminated backend");
     assert_eq!(failure(&[(tag, body)]).as_deref(), Some("57P01"));
     assert_eq!(read_answer(&mut client.stream), Answer::Closed);

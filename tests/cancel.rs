@@ -95,16 +95,6 @@ struct RawSession {
     secret_key: i32,
 }
 
-fn read_message(stream: &mut TcpStream) -> (u8, Vec<u8>) {
-    let mut head = [0u8; 5];
-    stream.read_exact(&mut head).expect("read a message header");
-    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-    assert!((4..=1 << 20).contains(&len), "message length {len}");
-    let mut body = vec![0u8; len - 4];
-    stream.read_exact(&mut body).expect("read a message body");
-    (head[0], body)
-}
-
 impl RawSession {
     fn start(pc: &Pgcorral) -> RawSession {
         let mut stream = pc.tcp_stream();
@@ -113,7 +103,7 @@ impl RawSession {
             .expect("send startup");
         let mut key = None;
         loop {
-            match read_message(&mut stream) {
+            match common::read_message(&mut stream) {
                 (b'K', body) => {
                     let word = |at: usize| {
                         i32::from_be_bytes([body[at], body[at + 1], body[at + 2], body[at + 3]])
@@ -142,7 +132,7 @@ impl RawSession {
         self.stream.write_all(&msg).expect("send query");
         let mut failed = None;
         loop {
-            match read_message(&mut self.stream) {
+            match common::read_message(&mut self.stream) {
                 (b'E', body) => {
                     let code = body
                         .split(|&b| b == 0)

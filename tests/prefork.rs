@@ -17,16 +17,6 @@ use nix::unistd::Pid;
 
 type Message = (u8, Vec<u8>);
 
-fn read_message(stream: &mut TcpStream) -> Message {
-    let mut head = [0u8; 5];
-    stream.read_exact(&mut head).expect("read a message header");
-    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-    assert!((4..=1 << 20).contains(&len), "message length {len}");
-    let mut body = vec![0u8; len - 4];
-    stream.read_exact(&mut body).expect("read a message body");
-    (head[0], body)
-}
-
 fn message(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut m = vec![tag];
     m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
@@ -65,7 +55,7 @@ fn bind_execute_sync(name: &str) -> Vec<u8> {
 fn until_ready(stream: &mut TcpStream) -> Vec<Message> {
     let mut got = Vec::new();
     loop {
-        let m = read_message(stream);
+        let m = common::read_message(stream);
         let done = m.0 == b'Z';
         got.push(m);
         if done {
@@ -96,7 +86,7 @@ fn start_raw(pc: &Pgcorral) -> Result<(TcpStream, i32), String> {
         .expect("send start-up");
     let mut pid = None;
     loop {
-        match read_message(&mut stream) {
+        match common::read_message(&mut stream) {
             (b'K', body) => pid = Some(i32::from_be_bytes([body[0], body[1], body[2], body[3]])),
             (b'Z', _) => break,
             (b'E', body) => return Err(sqlstate(&body)),

@@ -237,24 +237,13 @@ fn sync() -> Vec<u8> {
     message(b'S', b"")
 }
 
-fn read_message(stream: &mut TcpStream) -> (u8, Vec<u8>) {
-    use std::io::Read;
-    let mut head = [0u8; 5];
-    stream.read_exact(&mut head).expect("read a message header");
-    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-    assert!((4..=1 << 20).contains(&len), "message length {len}");
-    let mut body = vec![0u8; len - 4];
-    stream.read_exact(&mut body).expect("read a message body");
-    (head[0], body)
-}
-
 /// What came back up to ReadyForQuery, compactly: tags, with the SQLSTATE
 /// of errors and the text of data rows.
 fn flight(stream: &mut TcpStream, messages: &[Vec<u8>]) -> Vec<String> {
     stream.write_all(&messages.concat()).expect("send");
     let mut seen = Vec::new();
     loop {
-        let (tag, body) = read_message(stream);
+        let (tag, body) = common::read_message(stream);
         match tag {
             b'E' => {
                 let code = body
@@ -283,7 +272,7 @@ fn raw_session(pc: &Pgcorral) -> TcpStream {
     s.write_all(&common::startup_message("postgres", "postgres"))
         .expect("startup");
     loop {
-        let (tag, body) = read_message(&mut s);
+        let (tag, body) = common::read_message(&mut s);
         assert_ne!(tag, b'E', "startup: {}", String::from_utf8_lossy(&body));
         if tag == b'Z' {
             return s;

@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 
 use common::{Pgcorral, Postgres};
@@ -83,20 +83,10 @@ impl Raw {
         raw
     }
 
-    fn read(&mut self) -> (u8, Vec<u8>) {
-        let mut head = [0u8; 5];
-        self.stream.read_exact(&mut head).expect("read a header");
-        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-        assert!((4..=1 << 20).contains(&len), "message length {len}");
-        let mut body = vec![0u8; len - 4];
-        self.stream.read_exact(&mut body).expect("read a body");
-        (head[0], body)
-    }
-
     fn until_ready(&mut self) -> Result {
         let mut got = Result::default();
         loop {
-            match self.read() {
+            match common::read_message(&mut self.stream) {
                 (b'D', body) => {
                     let len = i32::from_be_bytes([body[2], body[3], body[4], body[5]]);
                     let value = if len < 0 {

@@ -983,6 +983,17 @@ impl Drop for Pgcorral {
 // Raw protocol, for tests that send what no well-behaved client would
 // ---------------------------------------------------------------------------
 
+/// Reads one whole v3 message: its tag and body.
+pub fn read_message(stream: &mut impl Read) -> (u8, Vec<u8>) {
+    let mut head = [0u8; 5];
+    stream.read_exact(&mut head).expect("read a message header");
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    assert!((4..=1 << 20).contains(&len), "message length {len}");
+    let mut body = vec![0u8; len - 4];
+    stream.read_exact(&mut body).expect("read a message body");
+    (head[0], body)
+}
+
 /// A v3 StartupMessage for user and database `postgres`.
 pub fn startup_message(user: &str, database: &str) -> Vec<u8> {
     let mut body = Vec::new();
